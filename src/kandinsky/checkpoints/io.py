@@ -84,7 +84,9 @@ class _SafetensorsReader(StateDictReader):
             try:
                 header = json.loads(f.read(header_len))
             except (UnicodeDecodeError, json.JSONDecodeError) as e:
-                raise CorruptWeights(f"{path}: unreadable safetensors header ({e}). Download it again.") from e
+                raise CorruptWeights(
+                    f"{path}: unreadable safetensors header ({e}). Download it again."
+                ) from e
         header.pop("__metadata__", None)
         info: dict[str, TensorInfo] = {}
         self._spans: dict[str, tuple[int, int]] = {}
@@ -92,12 +94,16 @@ class _SafetensorsReader(StateDictReader):
         for name, entry in header.items():
             dtype = SAFETENSORS_DTYPES.get(entry.get("dtype", ""))
             if dtype is None:
-                raise CorruptWeights(f"{path}: tensor {name!r} has unsupported dtype {entry.get('dtype')!r}.")
+                raise CorruptWeights(
+                    f"{path}: tensor {name!r} has unsupported dtype {entry.get('dtype')!r}."
+                )
             begin, end = entry["data_offsets"]
             shape = tuple(int(s) for s in entry["shape"])
             nbytes = _numel(shape) * _itemsize(dtype)
             if end - begin != nbytes:
-                raise CorruptWeights(f"{path}: tensor {name!r} spans {end - begin} bytes, its shape needs {nbytes}.")
+                raise CorruptWeights(
+                    f"{path}: tensor {name!r} spans {end - begin} bytes, its shape needs {nbytes}."
+                )
             if data_start + end > size:
                 raise CorruptWeights(
                     f"{path}: file is truncated ({size} bytes, tensor {name!r} ends at byte "
@@ -114,7 +120,9 @@ class _SafetensorsReader(StateDictReader):
         buffer = torch.empty(nbytes, dtype=torch.uint8)
         self._file.seek(offset)
         if nbytes and self._file.readinto(memoryview(buffer.numpy())) != nbytes:
-            raise CorruptWeights(f"{self.path}: file ended while reading {name!r}. Download it again.")
+            raise CorruptWeights(
+                f"{self.path}: file ended while reading {name!r}. Download it again."
+            )
         return buffer.view(meta.dtype).reshape(meta.shape)
 
     def close(self) -> None:
@@ -155,7 +163,11 @@ def load_pickle(path: Path) -> object:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         text = str(e)
-        if "Weights only load failed" in text or "Unsupported global" in text or "Unsupported operand" in text:
+        if (
+            "Weights only load failed" in text
+            or "Unsupported global" in text
+            or "Unsupported operand" in text
+        ):
             raise UnsafeWeights(
                 f"{path}: refused to load — the pickle asks to run code or build objects that are "
                 f"not plain tensors ({text.splitlines()[0][:200]}). Only load files from a source "
@@ -206,7 +218,9 @@ def atomic_path(target: Path) -> Iterator[Path]:
             tmp_path.unlink()
 
 
-def write_safetensors(tensors: dict[str, torch.Tensor], target: Path, metadata: dict[str, str] | None = None) -> None:
+def write_safetensors(
+    tensors: dict[str, torch.Tensor], target: Path, metadata: dict[str, str] | None = None
+) -> None:
     from safetensors.torch import save_file
 
     contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}

@@ -34,6 +34,12 @@ class Copy:
     def describe(self, shape: tuple[int, ...]) -> str:
         return "copy"
 
+    def original_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        return shape
+
+    def put(self, dest: torch.Tensor, value: torch.Tensor) -> None:
+        dest.copy_(value)
+
 
 def _squeezed(shape: tuple[int, ...]) -> tuple[int, ...]:
     """1×1 conv kernels become linear weights: drop trailing size-1 dims beyond two."""
@@ -48,6 +54,8 @@ def _squeeze_words(shape: tuple[int, ...]) -> str:
 
 @dataclass(frozen=True)
 class Squeeze:
+    ndim: int  # rank of the original conv kernel
+
     def apply(self, t: torch.Tensor) -> torch.Tensor:
         return t.reshape(_squeezed(tuple(t.shape)))
 
@@ -57,6 +65,12 @@ class Squeeze:
     def describe(self, shape: tuple[int, ...]) -> str:
         return "copy" if _squeezed(shape) == shape else _squeeze_words(shape)
 
+    def original_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        return shape + (1,) * (self.ndim - len(shape)) if len(shape) == 2 else shape
+
+    def put(self, dest: torch.Tensor, value: torch.Tensor) -> None:
+        dest.copy_(value.reshape(dest.shape))
+
 
 @dataclass(frozen=True)
 class HeadSplit:
@@ -65,11 +79,14 @@ class HeadSplit:
     parts: int
     index: int
     head_dim: int
+    ndim: int = 2  # rank of the original weight (3 for GLIDE's conv1d)
 
     def apply(self, t: torch.Tensor) -> torch.Tensor:
         t = t.reshape(_squeezed(tuple(t.shape)))
         rows = t.shape[0]
-        grouped = t.reshape(rows // (self.parts * self.head_dim), self.parts, self.head_dim, *t.shape[1:])
+        grouped = t.reshape(
+            rows // (self.parts * self.head_dim), self.parts, self.head_dim, *t.shape[1:]
+        )
         return grouped[:, self.index].reshape(rows // self.parts, *t.shape[1:])
 
     def out_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -82,6 +99,15 @@ class HeadSplit:
             f"{self.parts}x{self.head_dim}-row head group"
         )
         return words if _squeezed(shape) == shape else f"{_squeeze_words(shape)}; {words}"
+
+    def original_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        fused = (shape[0] * self.parts, *shape[1:])
+        return fused + (1,) * (self.ndim - len(fused)) if len(fused) == 2 else fused
+
+    def put(self, dest: torch.Tensor, value: torch.Tensor) -> None:
+        rest = value.shape[1:]
+        grouped = dest.view(-1, self.parts, self.head_dim, *rest)
+        grouped[:, self.index] = value.reshape(-1, self.head_dim, *rest)
 
 
 @dataclass(frozen=True)
@@ -99,6 +125,12 @@ class Third:
     def describe(self, shape: tuple[int, ...]) -> str:
         return f"contiguous third {self.index} along dim 0 (q, k, v)"
 
+    def original_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        return (shape[0] * 3, *shape[1:])
+
+    def put(self, dest: torch.Tensor, value: torch.Tensor) -> None:
+        dest.chunk(3, dim=0)[self.index].copy_(value)
+
 
 @dataclass(frozen=True)
 class Transpose:
@@ -111,6 +143,12 @@ class Transpose:
     def describe(self, shape: tuple[int, ...]) -> str:
         return "transpose"
 
+    def original_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        return shape[::-1]
+
+    def put(self, dest: torch.Tensor, value: torch.Tensor) -> None:
+        dest.copy_(value.t())
+
 
 @dataclass(frozen=True)
 class Unsqueeze0:
@@ -122,6 +160,12 @@ class Unsqueeze0:
 
     def describe(self, shape: tuple[int, ...]) -> str:
         return "unsqueeze(0)"
+
+    def original_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        return shape[1:]
+
+    def put(self, dest: torch.Tensor, value: torch.Tensor) -> None:
+        dest.copy_(value[0])
 
 
 Op = Copy | Squeeze | HeadSplit | Third | Transpose | Unsqueeze0
@@ -184,12 +228,12 @@ _RES = (
 def _glide_attention(head_dim: int) -> tuple[LeafRule, ...]:
     return (
         ("group_norm.", "norm.", COPY),
-        ("to_q.", "qkv.", HeadSplit(3, 0, head_dim)),
-        ("to_k.", "qkv.", HeadSplit(3, 1, head_dim)),
-        ("to_v.", "qkv.", HeadSplit(3, 2, head_dim)),
-        ("add_k_proj.", "encoder_kv.", HeadSplit(2, 0, head_dim)),
-        ("add_v_proj.", "encoder_kv.", HeadSplit(2, 1, head_dim)),
-        ("to_out.0.", "proj_out.", Squeeze()),
+        ("to_q.", "qkv.", HeadSplit(3, 0, head_dim, ndim=3)),
+        ("to_k.", "qkv.", HeadSplit(3, 1, head_dim, ndim=3)),
+        ("to_v.", "qkv.", HeadSplit(3, 2, head_dim, ndim=3)),
+        ("add_k_proj.", "encoder_kv.", HeadSplit(2, 0, head_dim, ndim=3)),
+        ("add_v_proj.", "encoder_kv.", HeadSplit(2, 1, head_dim, ndim=3)),
+        ("to_out.0.", "proj_out.", Squeeze(ndim=3)),
     )
 
 
@@ -215,10 +259,16 @@ def unet_rules(cfg: UNetConfig) -> list[ModuleRule]:
     for level in range(levels):
         first = 1 + level * (n + 1)
         for j in range(n):
-            rules.append((f"down_blocks.{level}.resnets.{j}.", f"input_blocks.{first + j}.0.", _RES))
-            rules.append((f"down_blocks.{level}.attentions.{j}.", f"input_blocks.{first + j}.1.", attn))
+            rules.append(
+                (f"down_blocks.{level}.resnets.{j}.", f"input_blocks.{first + j}.0.", _RES)
+            )
+            rules.append(
+                (f"down_blocks.{level}.attentions.{j}.", f"input_blocks.{first + j}.1.", attn)
+            )
         if level < levels - 1:
-            rules.append((f"down_blocks.{level}.downsamplers.0.", f"input_blocks.{first + n}.0.", _RES))
+            rules.append(
+                (f"down_blocks.{level}.downsamplers.0.", f"input_blocks.{first + n}.0.", _RES)
+            )
     for k in range(levels):  # up_blocks.k runs at level levels-1-k
         has_attn = (levels - 1 - k) in cfg.attention_levels
         for j in range(n + 1):
@@ -227,7 +277,13 @@ def unet_rules(cfg: UNetConfig) -> list[ModuleRule]:
             rules.append((f"up_blocks.{k}.attentions.{j}.", f"output_blocks.{block}.1.", attn))
         if k < levels - 1:
             last = k * (n + 1) + n
-            rules.append((f"up_blocks.{k}.upsamplers.0.", f"output_blocks.{last}.{2 if has_attn else 1}.", _RES))
+            rules.append(
+                (
+                    f"up_blocks.{k}.upsamplers.0.",
+                    f"output_blocks.{last}.{2 if has_attn else 1}.",
+                    _RES,
+                )
+            )
     return rules
 
 
@@ -260,7 +316,8 @@ def prior_rules(cfg: PriorConfig) -> list[ModuleRule]:
         ("clip_std.", STATS_STD, (("", "", Unsqueeze0()),)),
     ]
     rules += [
-        (f"transformer_blocks.{i}.", f"model.transformer.resblocks.{i}.", block) for i in range(cfg.num_layers)
+        (f"transformer_blocks.{i}.", f"model.transformer.resblocks.{i}.", block)
+        for i in range(cfg.num_layers)
     ]
     return rules
 
@@ -276,10 +333,10 @@ _VQ_RES = (("conv_shortcut.", "nin_shortcut.", COPY),)
 _VQ_ATTN = (
     ("group_norm.", "norm.", COPY),
     ("spatial_norm.", "norm.", COPY),
-    ("to_q.", "q.", Squeeze()),
-    ("to_k.", "k.", Squeeze()),
-    ("to_v.", "v.", Squeeze()),
-    ("to_out.0.", "proj_out.", Squeeze()),
+    ("to_q.", "q.", Squeeze(ndim=4)),
+    ("to_k.", "k.", Squeeze(ndim=4)),
+    ("to_v.", "v.", Squeeze(ndim=4)),
+    ("to_out.0.", "proj_out.", Squeeze(ndim=4)),
 )
 
 
@@ -298,7 +355,11 @@ def movq_rules(cfg: MoVQConfig) -> list[ModuleRule]:
         rules += [
             (f"encoder.down_blocks.{level}.resnets.", f"encoder.down.{level}.block.", ()),
             (f"encoder.down_blocks.{level}.attentions.", f"encoder.down.{level}.attn.", ()),
-            (f"encoder.down_blocks.{level}.downsamplers.0.", f"encoder.down.{level}.downsample.", ()),
+            (
+                f"encoder.down_blocks.{level}.downsamplers.0.",
+                f"encoder.down.{level}.downsample.",
+                (),
+            ),
         ]
         orig = levels - 1 - level
         rules += [
@@ -309,7 +370,9 @@ def movq_rules(cfg: MoVQConfig) -> list[ModuleRule]:
     return _expand_numbered(rules, {"resnets.": _VQ_RES, "attentions.": _VQ_ATTN})
 
 
-def _expand_numbered(rules: list[ModuleRule], leaf_by_kind: dict[str, tuple[LeafRule, ...]]) -> list[ModuleRule]:
+def _expand_numbered(
+    rules: list[ModuleRule], leaf_by_kind: dict[str, tuple[LeafRule, ...]]
+) -> list[ModuleRule]:
     """Turn `…resnets.` → `…block.` list renames into per-index rules carrying their leaf rules."""
     out: list[ModuleRule] = []
     for ours, orig, leaves in rules:
@@ -349,7 +412,10 @@ def clip_text_rules(num_layers: int) -> list[ModuleRule]:
         ("text_model.final_layer_norm.", "ln_final.", ()),
         ("text_projection.weight", "text_projection", (("", "", Transpose()),)),
     ]
-    rules += [(f"text_model.encoder.layers.{i}.", f"transformer.resblocks.{i}.", _CLIP_LAYER) for i in range(num_layers)]
+    rules += [
+        (f"text_model.encoder.layers.{i}.", f"transformer.resblocks.{i}.", _CLIP_LAYER)
+        for i in range(num_layers)
+    ]
     return rules
 
 
@@ -368,6 +434,18 @@ def clip_vision_rules(num_layers: int) -> list[ModuleRule]:
         for i in range(num_layers)
     ]
     return rules
+
+
+def to_original(tensors: dict[str, torch.Tensor], key_map: KeyMap) -> dict[str, torch.Tensor]:
+    """Our state dict back in the original layout (fused q/k/v, conv kernels, stats pair)."""
+    out: dict[str, torch.Tensor] = {}
+    for key, src in key_map.items():
+        value = tensors[key]
+        if src.key not in out:
+            shape = src.op.original_shape(tuple(value.shape))
+            out[src.key] = torch.empty(shape, dtype=value.dtype, device=value.device)
+        src.op.put(out[src.key], value)
+    return out
 
 
 # Entries the original files may hold that no module needs (old buffers, TorchScript scalars).

@@ -60,7 +60,9 @@ def build_vision_tower(cfg: CLIPConfig) -> CLIPVisionModelWithProjection:
     return CLIPVisionModelWithProjection(vision_tower_config(cfg)).eval()
 
 
-def encode_text(tower: CLIPTextModelWithProjection, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_text(
+    tower: CLIPTextModelWithProjection, input_ids: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(text_states after the final LN (N, 77, width), pooled = EOT state @ projection (N, dim)).
 
     No attention mask: CLIP's causal mask already keeps pads from touching real tokens.

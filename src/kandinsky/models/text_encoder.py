@@ -40,9 +40,15 @@ class MultilingualCLIP(nn.Module):
         self.transformer = XLMRobertaModel(xlm_roberta_config(config), add_pooling_layer=True)
         self.LinearTransformation = nn.Linear(config.hidden_size, config.out_dim)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (`text_states` (N, L, hidden), `pooled_text` (N, out_dim))."""
-        states = self.transformer(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        states = self.transformer(
+            input_ids=input_ids, attention_mask=attention_mask
+        ).last_hidden_state
         mask = attention_mask.to(states.dtype).unsqueeze(-1)
-        mean = (states * mask).sum(dim=1) / mask.sum(dim=1)  # real tokens only, <s> and </s> included
+        mean = (states * mask).sum(dim=1) / mask.sum(
+            dim=1
+        )  # real tokens only, <s> and </s> included
         return states, self.LinearTransformation(mean)
