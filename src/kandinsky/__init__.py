@@ -42,14 +42,14 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from kandinsky.convert import convert
+    from kandinsky.conversion import convert
     from kandinsky.loading import Components, from_pretrained, load
 
 _LAZY = {
     "Components": "kandinsky.loading",
     "load": "kandinsky.loading",
     "from_pretrained": "kandinsky.loading",
-    "convert": "kandinsky.convert",
+    "convert": "kandinsky.conversion",
 }
 
 
