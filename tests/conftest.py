@@ -8,6 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from kandinsky.config import TINY
+from kandinsky.conversion import convert
+from kandinsky.testing import clip_tokenizer, write_original_layout
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
@@ -31,3 +35,31 @@ def manifest(relative: str) -> dict:
 @pytest.fixture(scope="session")
 def checkpoints_reference() -> Path:
     return shared_dir() / "reference" / "checkpoints"
+
+
+@pytest.fixture(scope="session")
+def tiny_original(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """The original release's files at TINY size, and the networks they were written from."""
+    folder = tmp_path_factory.mktemp("original")
+    networks = write_original_layout(folder, TINY, seed=1)
+    return folder, networks
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A partial diffusers prior folder holding only the CLIP tokenizer (the original lacks one)."""
+    folder = tmp_path_factory.mktemp("clip_tokenizer")
+    clip_tokenizer(folder / "vocab").save_pretrained(str(folder / "tokenizer"))
+    (folder / "model_index.json").write_text(
+        json.dumps({"tokenizer": ["transformers", "CLIPTokenizer"]})
+    )
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_diffusers(
+    tiny_original, tiny_clip_tokenizer, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """`kandinsky convert` output of the tiny original folder: three diffusers pipelines."""
+    out = tmp_path_factory.mktemp("converted") / "kandinsky-2-1-tiny"
+    return convert([tiny_original[0], tiny_clip_tokenizer], out, config=TINY)

@@ -8,9 +8,12 @@ copies of the weights.
 
 from __future__ import annotations
 
+import ctypes
 import os
+import sys
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -220,23 +223,33 @@ def resolve_config(base: ModelConfig, found: dict[str, Found]) -> ModelConfig:
 
 
 def build_network(name: str, config: ModelConfig) -> nn.Module:
-    """An uninitialised network of the given config (call under `torch.device('meta')`)."""
-    from kandinsky.models.clip import build_text_tower, build_vision_tower
-    from kandinsky.models.movq import MoVQ
-    from kandinsky.models.prior import Prior
-    from kandinsky.models.text_encoder import MultilingualCLIP
-    from kandinsky.models.unet import UNet
+    """An uninitialised network of the given config (call under `torch.device('meta')`).
 
-    builders: dict[str, Callable[[], nn.Module]] = {
-        "prior": lambda: Prior(config.prior),
-        "unet": lambda: UNet(config.unet),
-        "inpaint_unet": lambda: UNet(config.inpaint_unet),
-        "movq": lambda: MoVQ(config.movq),
-        "text_encoder": lambda: MultilingualCLIP(config.text_encoder),
-        "clip_text": lambda: build_text_tower(config.clip),
-        "clip_vision": lambda: build_vision_tower(config.clip),
-    }
-    return builders[name]()
+    Imports are per network: building a UNet never imports transformers.
+    """
+    if name == "prior":
+        from kandinsky.models.prior import Prior
+
+        return Prior(config.prior)
+    if name in ("unet", "inpaint_unet"):
+        from kandinsky.models.unet import UNet
+
+        return UNet(config.unet if name == "unet" else config.inpaint_unet)
+    if name == "movq":
+        from kandinsky.models.movq import MoVQ
+
+        return MoVQ(config.movq)
+    if name == "text_encoder":
+        from kandinsky.models.text_encoder import MultilingualCLIP
+
+        return MultilingualCLIP(config.text_encoder)
+    from kandinsky.models.clip import build_text_tower, build_vision_tower
+
+    if name == "clip_text":
+        return build_text_tower(config.clip)
+    if name == "clip_vision":
+        return build_vision_tower(config.clip)
+    raise KandinskyError(f"internal: no network called {name!r}")
 
 
 def original_key_map(name: str, config: ModelConfig, our_keys: Iterable[str]) -> KeyMap:
@@ -256,7 +269,7 @@ def load_network(
     name: str, config: ModelConfig, where: Found, dtype: torch.dtype, device: torch.device
 ) -> nn.Module:
     """Build `name` on meta and fill it from `where`, strictly: every key used, every shape right."""
-    with torch.device("meta"):
+    with torch.device("meta"), _no_init():
         module = build_network(name, config)
     expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
     if where.layout == "original":
@@ -270,7 +283,32 @@ def load_network(
         reader.close()
     module.load_state_dict(tensors, strict=True, assign=True)
     _rebuild_meta_buffers(module, device)
+    _return_freed_memory()
     return module.eval().requires_grad_(False)
+
+
+@contextmanager
+def _no_init() -> Iterator[None]:
+    """Skip weight initialisation while building on meta: it is discarded anyway, and on meta
+    tensors it drags in torch's reference implementations (slow, ~0.1 GB of imports)."""
+    names = [n for n in dir(nn.init) if n.endswith("_") and not n.startswith("_")]
+    saved = {n: getattr(nn.init, n) for n in names}
+    try:
+        for n in names:
+            setattr(nn.init, n, lambda tensor, *args, **kwargs: tensor)
+        yield
+    finally:
+        for n, fn in saved.items():
+            setattr(nn.init, n, fn)
+
+
+def _return_freed_memory() -> None:
+    """glibc keeps freed pickle buffers; hand them back so RSS reflects the model only."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
 
 
 def _open_readers(where: Found) -> StateDictReader:
