@@ -34,6 +34,8 @@ __all__ = [
     "UnsafeWeights",
     "ShapeMismatch",
     "LayoutError",
+    "Kandinsky21",
+    "GenerationResult",
     "Components",
     "load",
     "from_pretrained",
@@ -44,12 +46,16 @@ __all__ = [
 if TYPE_CHECKING:
     from kandinsky.conversion import convert
     from kandinsky.loading import Components, from_pretrained, load
+    from kandinsky.pipeline import Kandinsky21
+    from kandinsky.results import GenerationResult
 
 _LAZY = {
     "Components": "kandinsky.loading",
     "load": "kandinsky.loading",
     "from_pretrained": "kandinsky.loading",
     "convert": "kandinsky.conversion",
+    "Kandinsky21": "kandinsky.pipeline",
+    "GenerationResult": "kandinsky.results",
 }
 
 

@@ -13,7 +13,7 @@ import os
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -305,10 +305,8 @@ def _no_init() -> Iterator[None]:
 def _return_freed_memory() -> None:
     """glibc keeps freed pickle buffers; hand them back so RSS reflects the model only."""
     if sys.platform.startswith("linux"):
-        try:
+        with suppress(OSError, AttributeError):
             ctypes.CDLL("libc.so.6").malloc_trim(0)
-        except (OSError, AttributeError):
-            pass
 
 
 def _open_readers(where: Found) -> StateDictReader:
