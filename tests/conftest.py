@@ -10,7 +10,7 @@ import pytest
 
 from kandinsky.config import TINY
 from kandinsky.conversion import convert
-from kandinsky.testing import clip_tokenizer, write_original_layout
+from kandinsky.testing import write_clip_tokenizer_folder, write_original_layout
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -48,12 +48,7 @@ def tiny_original(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]
 @pytest.fixture(scope="session")
 def tiny_clip_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A partial diffusers prior folder holding only the CLIP tokenizer (the original lacks one)."""
-    folder = tmp_path_factory.mktemp("clip_tokenizer")
-    clip_tokenizer(folder / "vocab").save_pretrained(str(folder / "tokenizer"))
-    (folder / "model_index.json").write_text(
-        json.dumps({"tokenizer": ["transformers", "CLIPTokenizer"]})
-    )
-    return folder
+    return write_clip_tokenizer_folder(tmp_path_factory.mktemp("clip_tokenizer"))
 
 
 @pytest.fixture(scope="session")

@@ -174,3 +174,33 @@ def _byte_symbols() -> list[str]:
             symbols[b] = chr(256 + shift)
             shift += 1
     return [symbols[b] for b in printable] + [symbols[b] for b in range(256) if b not in printable]
+
+
+def write_tiny_model(folder: str | Path, config: ModelConfig = TINY, seed: int = 0) -> Path:
+    """A complete tiny model in the diffusers layout (all three pipelines, both tokenizers).
+
+    Random weights: the pictures are noise, but every mode, the CLI and the server run on it
+    exactly as on the real model. Returns `folder`.
+    """
+    import tempfile
+
+    from kandinsky.conversion import convert
+
+    folder = Path(folder)
+    with tempfile.TemporaryDirectory() as tmp:
+        original = Path(tmp) / "original"
+        write_original_layout(original, config, seed=seed)
+        prior_tokenizer = write_clip_tokenizer_folder(Path(tmp) / "clip")
+        return convert([original, prior_tokenizer], folder, config=config)
+
+
+def write_clip_tokenizer_folder(folder: str | Path) -> Path:
+    """A partial diffusers prior folder holding only the CLIP tokenizer (the original release
+    has none: OpenAI's package tokenized); add it as a second source when converting."""
+    import shutil
+
+    folder = Path(folder)
+    clip_tokenizer(folder / "vocab").save_pretrained(str(folder / "tokenizer"))
+    shutil.rmtree(folder / "vocab")
+    (folder / "model_index.json").write_text(json.dumps({"tokenizer": ["transformers", "CLIPTokenizer"]}))
+    return folder
