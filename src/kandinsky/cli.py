@@ -33,12 +33,19 @@ EXAMPLES = {
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    if getattr(args, "debug", False) is False:
+        _quiet_libraries()
     if args.command is None:
         parser.print_help()
         return 2
     try:
         return args.run(args)
     except KandinskyError as e:
+        if args.debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except (OSError, MemoryError) as e:
         if args.debug:
             raise
         print(f"error: {e}", file=sys.stderr)
@@ -55,16 +62,20 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"kandinsky {_version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+    def command(name: str, help_text: str, examples: str | None = None) -> argparse.ArgumentParser:
         sub = commands.add_parser(
             name,
             help=help_text,
             description=help_text,
-            epilog=EXAMPLES.get(name),
+            epilog=examples or EXAMPLES.get(name),
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         sub.add_argument("--debug", action="store_true", help="show tracebacks")
         return sub
+
+    from kandinsky.cli_generate import add_commands
+
+    add_commands(commands, command)
 
     convert = command(
         "convert", "Convert weights (original or diffusers layout) to diffusers folders."
@@ -100,10 +111,22 @@ def _parser() -> argparse.ArgumentParser:
     download.set_defaults(run=_download)
 
     selftest = command(
-        "selftest", "Write a tiny random model in the original layout, convert and reload it."
+        "selftest", "Offline check: tiny random model → convert → reload → every generation mode."
     )
+    selftest.add_argument("--out", default="selftest-output", help="folder for the PNGs")
     selftest.set_defaults(run=_selftest)
     return parser
+
+
+def _quiet_libraries() -> None:
+    """Library chatter (transformers' config notes, hub warnings) is not for CLI users."""
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module="transformers")
+    for name in ("transformers", "huggingface_hub", "diffusers"):
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def _hub_flags(sub: argparse.ArgumentParser) -> None:
@@ -200,22 +223,27 @@ def _download(args: argparse.Namespace) -> int:
 def _selftest(args: argparse.Namespace) -> int:
     import tempfile
 
+    import numpy as np
     import torch
+    from PIL import Image
 
     from kandinsky.config import TINY
     from kandinsky.conversion import convert
     from kandinsky.loading import NETWORKS, load
-    from kandinsky.testing import write_original_layout
+    from kandinsky.pipeline import Kandinsky21
+    from kandinsky.testing import write_clip_tokenizer_folder, write_original_layout
 
+    out = Path(args.out)
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
         original = Path(tmp) / "original"
         write_original_layout(original, TINY, seed=0)
-        print(
-            f"1. wrote a tiny random model in the original layout: {', '.join(sorted(p.name for p in original.iterdir()))}"
-        )
+        names = ", ".join(sorted(p.name for p in original.iterdir()))
+        print(f"1. wrote a tiny random model in the original layout: {names}")
         converted = convert(
-            original, Path(tmp) / "diffusers", config=TINY, components=[*NETWORKS, "tokenizer"]
+            [original, write_clip_tokenizer_folder(Path(tmp) / "clip")],
+            Path(tmp) / "diffusers",
+            config=TINY,
         )
         print(
             f"2. converted it to the diffusers layout: {', '.join(sorted(p.name for p in converted.iterdir()))}"
@@ -230,6 +258,32 @@ def _selftest(args: argparse.Namespace) -> int:
             failures += not same
             params = sum(v.numel() for v in sa.values())
             print(f"   {name:13s} {params:>9,d} params  {'identical' if same else 'DIFFERENT'}")
+        print(
+            f"4. every generation mode on the converted model (random weights: noise pictures) → {out}/"
+        )
+        pipe = Kandinsky21.from_pretrained(converted, inpainting=True)
+        fast = {"num_steps": 4, "prior_steps": 4, "seed": 0}
+        photo = Image.fromarray(
+            np.linspace(0, 255, 128, dtype=np.uint8)[None, :, None].repeat(128, 0).repeat(3, 2)
+        )
+        mask = np.zeros((128, 128), dtype=np.float32)
+        mask[32:96, 32:96] = 1.0
+        runs = {
+            "text2img": lambda: pipe.text2img(
+                "a red circle on the left of a blue square", height=128, width=128, **fast
+            ),
+            "mix": lambda: pipe.mix(
+                [photo, "in the style of van gogh"], [0.5, 0.5], height=128, width=128, **fast
+            ),
+            "variations": lambda: pipe.variations(photo, height=128, width=128, **fast),
+            "img2img": lambda: pipe.img2img(photo, "a watercolor", strength=0.5, **fast),
+            "inpaint": lambda: pipe.inpaint(photo, mask, "a yellow star", **fast),
+            "outpaint": lambda: pipe.outpaint(photo, "a wide field", extend=(64, 0, 64, 0), **fast),
+        }
+        for mode, run in runs.items():
+            result = run()
+            path = result.save(out, prefix=mode)[0]
+            print(f"   {mode:10s} {result.image.width}×{result.image.height}  {path}")
         print(f"done in {time.perf_counter() - started:.1f}s")
     return 1 if failures else 0
 

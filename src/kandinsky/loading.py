@@ -130,6 +130,7 @@ def load(
     revision: str | None = None,
     local_files_only: bool | None = None,
     token: str | bool | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> Components:
     """Load Kandinsky 2.1 networks from folders or hub repos, in the original or diffusers layout.
 
@@ -138,6 +139,7 @@ def load(
     searched in order. `components` picks networks (default: all of them); a requested
     component that is nowhere raises `MissingWeights`. `config` gives the architecture of
     original-layout files (default: the released one); diffusers folders carry their own.
+    `progress(component, index, total)` is called before each component loads.
     """
     wanted = parse_components(components)
     dtype = parse_dtype(dtype)
@@ -156,7 +158,9 @@ def load(
         )
     model_config = resolve_config(config or KANDINSKY_2_1, {c: found[c] for c in wanted})
     result = Components(config=model_config)
-    for name in wanted:
+    for index, name in enumerate(wanted):
+        if progress is not None:
+            progress(name, index, len(wanted))
         where = found[name]
         result.sources[name] = str(where.files[0])
         result.layouts[name] = where.layout

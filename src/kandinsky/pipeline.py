@@ -63,6 +63,7 @@ class Kandinsky21:
         device: str | torch.device = "cpu",
         dtype: str | torch.dtype = "fp32",
         inpainting: bool = False,
+        progress: Callable[[str, int, int], None] | None = None,
         **load_options: Any,
     ) -> Kandinsky21:
         """Load the networks every mode needs; the inpainting UNet loads on first use unless `inpainting`."""
@@ -70,7 +71,7 @@ class Kandinsky21:
             ["inpaint_unet"] if inpainting else []
         )
         options = {"device": device, "dtype": dtype, **load_options}
-        parts = load(source, components=components, **options)
+        parts = load(source, components=components, progress=progress, **options)
         model_id = (
             str(source) if isinstance(source, str | os.PathLike) else ",".join(map(str, source))
         )
@@ -453,7 +454,9 @@ class Kandinsky21:
             ),
         )
         params: dict[str, Any] = {
-            "prompt": prompts[0] if len(prompts) == 1 else prompts,
+            "prompt": prompts[0],
+            "batch_prompts": prompts,
+            "num_images": num_images,
             "negative_prompt": args.get("negative_prompt", ""),
             "negative_prior_prompt": prior.negative_prompt,
             "height": decoder.height,
@@ -482,7 +485,21 @@ class Kandinsky21:
 
         pixels = ((out.images.clamp(-1, 1) + 1) / 2).float().cpu()
         images = tensor_to_pil(out.images) if output_type != "latent" else []
-        per_image = [{**params, "mode": mode, "seed": s, "version": __version__} for s in seeds]
+        # Each image records its own prompt and seed, and the batch it was made in: batched math
+        # rounds differently from a batch of one, so exact reproduction reruns the same batch.
+        images_per_prompt = params["num_images"]
+        per_image = [
+            {
+                **params,
+                "prompt": params["batch_prompts"][i // images_per_prompt],
+                "mode": mode,
+                "seed": s,
+                "batch_seeds": seeds,
+                "batch_index": i,
+                "version": __version__,
+            }
+            for i, s in enumerate(seeds)
+        ]
         return GenerationResult(
             images=images,
             seeds=seeds,

@@ -202,5 +202,7 @@ def write_clip_tokenizer_folder(folder: str | Path) -> Path:
     folder = Path(folder)
     clip_tokenizer(folder / "vocab").save_pretrained(str(folder / "tokenizer"))
     shutil.rmtree(folder / "vocab")
-    (folder / "model_index.json").write_text(json.dumps({"tokenizer": ["transformers", "CLIPTokenizer"]}))
+    (folder / "model_index.json").write_text(
+        json.dumps({"tokenizer": ["transformers", "CLIPTokenizer"]})
+    )
     return folder

@@ -42,7 +42,8 @@ def test_several_prompts_each_get_num_images(pipe) -> None:
         ["a red circle", "a blue square"], num_images=2, seed=0, height=64, width=64, **FAST
     )
     assert len(result) == 4 and result.seeds == [0, 1, 2, 3]
-    assert [p["prompt"] for p in result.params] == [["a red circle", "a blue square"]] * 4
+    assert [p["prompt"] for p in result.params] == ["a red circle"] * 2 + ["a blue square"] * 2
+    assert [p["batch_index"] for p in result.params] == [0, 1, 2, 3]
 
 
 @pytest.mark.parametrize("sampler", ["p_sampler", "ddim", "plms", "dpmpp_2m", "euler_a"])

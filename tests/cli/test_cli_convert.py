@@ -47,7 +47,9 @@ def test_bad_usage_exits_2() -> None:
     assert run().returncode == 2
 
 
-def test_selftest_round_trip_passes() -> None:
-    result = run("selftest")
+def test_selftest_round_trip_and_modes_pass(tmp_path: Path) -> None:
+    result = run("selftest", "--out", str(tmp_path))
     assert result.returncode == 0, result.stderr
     assert "DIFFERENT" not in result.stdout and result.stdout.count("params  identical") == 7
+    modes = ("text2img", "mix", "variations", "img2img", "inpaint", "outpaint")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"{m}-00000.png" for m in modes)
