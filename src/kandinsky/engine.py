@@ -164,7 +164,7 @@ def run_prior(
         text = cond
 
     def network(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return prior(x, t, text.pooled, text.states, text.mask).to(x.dtype)
+        return prior(x.to(dtype), t, text.pooled, text.states, text.mask).to(x.dtype)
 
     model = guided_x0_model(network, guidance_scale)
     x = (
@@ -172,7 +172,7 @@ def run_prior(
         if latents is not None
         else noise(torch.empty(len(prompts), parts.config.prior.clip_dim))
     )
-    x = x.to(device, dtype)
+    x = x.to(device, torch.float32)  # the sampler state stays fp32 whatever the network's dtype
     x0 = sample_prior(model, x, num_steps, method=method, noise_sampler=noise, callback=callback)
     return prior.denormalize(x0)
 
@@ -236,7 +236,7 @@ def run_decoder(
 
     def network(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         model_in = x if extra is None else torch.cat([x, extra.to(x.dtype)], dim=1)
-        return unet(model_in, t, condition).to(x.dtype)
+        return unet(model_in.to(dtype), t, condition).to(x.dtype)
 
     denoised_fn = None
     if inpaint is not None:
@@ -251,7 +251,7 @@ def run_decoder(
     return sample(
         sampler,
         model,
-        latents.to(device, dtype),
+        latents.to(device, torch.float32),  # fp32 sampler state, as the original keeps it
         num_steps,
         start_step=start_step,
         noise_sampler=noise,
