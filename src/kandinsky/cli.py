@@ -57,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="kandinsky", description="Kandinsky 2.1: load, convert, generate."
+        prog="kandinsky", description="Kandinsky 2.1: load, convert, generate, serve, train."
     )
     parser.add_argument("--version", action="version", version=f"kandinsky {_version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -74,8 +74,10 @@ def _parser() -> argparse.ArgumentParser:
         return sub
 
     from kandinsky.cli_generate import add_commands
+    from kandinsky.cli_train import add_commands as add_train_commands
 
     add_commands(commands, command)
+    add_train_commands(commands, command)
 
     convert = command(
         "convert", "Convert weights (original or diffusers layout) to diffusers folders."
