@@ -356,7 +356,7 @@ class Kandinsky21:
         """Grow the canvas by `extend=(left, top, right, bottom)` pixels, or to `size=(width, height)`
         around the centred image; large extensions run in passes of at most `max_step` pixels."""
         source = _input_image(image)
-        grow = _extension(source, extend, size)
+        grow = canvas_extension(source, extend, size)
         check.positive_int(max_step, "max_step", 4096)
         if not 0 <= overlap <= 64:
             raise InvalidInput(f"overlap must be between 0 and 64 pixels, got {overlap}")
@@ -391,6 +391,21 @@ class Kandinsky21:
         job, _, _ = self._job(locals(), prompts, num_images)
         positive = prior_embeds(job, _repeat(prompts, num_images), prior_latents)
         return positive, negative_embeds(job)
+
+    # ------------------------------------------------------------------ LoRA
+
+    def load_lora(self, path: str | os.PathLike[str], scale: float = 1.0) -> None:
+        """Apply a LoRA adapter (from `kandinsky train lora`) to the network it was trained for;
+        `scale` weighs it (0 = the base model exactly). A second call replaces that network's adapter."""
+        from kandinsky.training.lora import apply_lora
+
+        apply_lora(self.parts, path, float(scale))
+
+    def unload_lora(self) -> None:
+        """Take every LoRA adapter off: the networks compute exactly what they did before."""
+        from kandinsky.training.lora import remove_all_lora
+
+        remove_all_lora(self.parts)
 
     # ------------------------------------------------------------------ plumbing
 
@@ -591,7 +606,7 @@ def _default_size(image: Any, height: int | None, width: int | None) -> tuple[in
     return height, width
 
 
-def _extension(
+def canvas_extension(
     image: Any, extend: tuple[int, int, int, int] | None, size: tuple[int, int] | None
 ) -> tuple[int, int, int, int]:
     if (extend is None) == (size is None):
