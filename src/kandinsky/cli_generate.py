@@ -165,6 +165,13 @@ def _model_flags(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--cache-dir", help="hub cache folder")
     sub.add_argument("--revision", help="hub branch, tag or commit")
     sub.add_argument("--offline", action="store_true", help="use only the local cache")
+    sub.add_argument(
+        "--lora",
+        action="append",
+        default=[],
+        metavar="PATH[:SCALE]",
+        help="apply a LoRA adapter (repeatable)",
+    )
 
 
 def _generation_flags(
@@ -224,7 +231,7 @@ def load_pipeline(args: argparse.Namespace, inpainting: bool = False):
     else:
         progress = None
     try:
-        return Kandinsky21.from_pretrained(
+        pipe = Kandinsky21.from_pretrained(
             args.model,
             device=device,
             dtype=dtype,
@@ -237,6 +244,11 @@ def load_pipeline(args: argparse.Namespace, inpainting: bool = False):
     finally:
         if bar is not None:
             bar.close()
+    from kandinsky.training.lora import parse_lora_argument
+
+    for value in args.lora:
+        pipe.load_lora(*parse_lora_argument(value))
+    return pipe
 
 
 def common_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -325,6 +337,8 @@ def _regenerate(args: argparse.Namespace, started: float) -> int:
         )
     if args.model == DEFAULT_MODEL and params.get("model"):
         args.model = params["model"]
+    if not args.lora and params.get("loras"):
+        args.lora = [f"{path}:{scale}" for path, scale in params["loras"]]
     pipe = load_pipeline(args)
     result = pipe.text2img(
         params.get("batch_prompts", [params["prompt"]]),

@@ -52,6 +52,9 @@ class Kandinsky21:
         self.model_id = model_id
         self._load_options = load_options or {}
         self._warned_fp32 = False
+        self._loras: dict[
+            str, float
+        ] = {}  # adapter path → scale, recorded in every image's parameters
 
     @classmethod
     def from_pretrained(
@@ -399,13 +402,21 @@ class Kandinsky21:
         `scale` weighs it (0 = the base model exactly). A second call replaces that network's adapter."""
         from kandinsky.training.lora import apply_lora
 
-        apply_lora(self.parts, path, float(scale))
+        check.scale(scale, "scale", -10.0, 10.0)
+        try:
+            apply_lora(self.parts, path, float(scale))
+        except ImportError as e:
+            raise InvalidInput(
+                f"LoRA adapters need peft ({e.name} is missing): pip install 'kandinsky[train]'"
+            ) from e
+        self._loras[str(path)] = float(scale)
 
     def unload_lora(self) -> None:
         """Take every LoRA adapter off: the networks compute exactly what they did before."""
         from kandinsky.training.lora import remove_all_lora
 
         remove_all_lora(self.parts)
+        self._loras.clear()
 
     # ------------------------------------------------------------------ plumbing
 
@@ -484,6 +495,8 @@ class Kandinsky21:
             "prior_sampler": prior.sampler,
             "model": self.model_id,
         }
+        if self._loras:
+            params["loras"] = [[path, scale] for path, scale in self._loras.items()]
         for key in ("strength", "strength_convention"):
             if key in args:
                 params[key] = args[key]

@@ -172,3 +172,43 @@ def test_bad_input_is_one_line_and_exit_code_1(tiny_diffusers, tmp_path, args, m
 def test_missing_arguments_exit_2() -> None:
     assert kandinsky("inpaint", "only-image.png").returncode == 2
     assert kandinsky("outpaint", "img.png", "prompt").returncode == 2  # needs --extend or --size
+
+
+def test_lora_flag_applies_the_adapter_and_is_recorded(tiny_diffusers, tmp_path) -> None:
+    from kandinsky import load
+    from kandinsky.testing import randomize_
+    from kandinsky.training.lora import LoRAInfo, add_lora, lora_layers, save_lora
+
+    unet = load(tiny_diffusers, components=["unet"]).unet
+    add_lora(unet, rank=2)
+    for layer in lora_layers(unet).values():  # a non-zero adapter, so it changes the output
+        randomize_(layer, seed=0, std=0.5)
+    adapter = save_lora(unet, tmp_path / "style.safetensors", LoRAInfo(network="unet", rank=2))
+    base = kandinsky(
+        "generate",
+        "a star",
+        "--model",
+        str(tiny_diffusers),
+        "--seed",
+        "1",
+        "--out",
+        str(tmp_path / "base"),
+        *FAST,
+    )
+    styled = kandinsky(
+        "generate",
+        "a star",
+        "--model",
+        str(tiny_diffusers),
+        "--seed",
+        "1",
+        "--lora",
+        f"{adapter}:0.8",
+        "--out",
+        str(tmp_path / "lora"),
+        *FAST,
+    )
+    assert base.returncode == 0 and styled.returncode == 0, styled.stderr
+    a, b = (pngs(tmp_path / name)[0] for name in ("base", "lora"))
+    assert not np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b)))
+    assert f"{adapter}" in Image.open(b).text["kandinsky"]
