@@ -234,3 +234,12 @@ def test_train_command_runs_the_task_from_make_task(
     args = _parser().parse_args(["train", "decoder", "--config", str(tmp_path / "run.yaml")])
     with pytest.raises(InvalidInput, match="'prior' config"):
         args.run(args)
+
+
+def test_yaml_bare_no_is_read_as_the_word_for_string_choices(tmp_path) -> None:
+    from kandinsky.training.config import load_config
+
+    path = tmp_path / "run.yaml"
+    path.write_text("task: prior\nmodel: scratch:tiny\noutput_dir: out\nmixed_precision: no\ndata:\n  source: data\n")
+    assert load_config(path).mixed_precision == "no"
+    assert load_config(path, ["mixed_precision=no"]).mixed_precision == "no"

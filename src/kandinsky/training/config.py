@@ -203,6 +203,10 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
                 errors.append(str(e))
         raise InvalidInput(errors[0] if errors else f"config key {key!r} cannot be {value!r}")
     if origin is Literal:
+        if isinstance(value, bool) and all(isinstance(a, str) for a in args):
+            # YAML 1.1 reads a bare no/yes/off/on as a bool: take it back as the word
+            words = ("yes", "true", "on") if value else ("no", "false", "off")
+            value = next((w for w in words if w in args), value)
         _check_choice(key, value, args)
         return value
     if origin in (list, tuple):
