@@ -1,6 +1,7 @@
 """`kandinsky …` on the command line. Thin: parse → call the API → print.
 
-Exit codes: 0 ok, 1 failure (one line on stderr; the traceback with --debug), 2 bad usage.
+Exit codes: 0 ok, 1 failure (one line on stderr; the traceback with --debug), 2 bad usage
+(a malformed command line, or a value outside what the model accepts).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from kandinsky.errors import KandinskyError
+from kandinsky.errors import InvalidInput, KandinskyError
 
 EXAMPLES = {
     "convert": (
@@ -40,6 +41,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return args.run(args)
+    except InvalidInput as e:  # a value the user gave is out of range: bad usage
+        if args.debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except KandinskyError as e:
         if args.debug:
             raise

@@ -178,6 +178,12 @@ def convert(
     present = [c for c in wanted if c in found]
     if not any(c in present for c in NETWORKS):
         raise MissingWeights(f"no Kandinsky 2.1 network found in {', '.join(map(str, sources))}.")
+    if not any(main in present for main in _MAIN.values()):
+        raise InvalidInput(
+            f"nothing to write: the diffusers layout stores pipelines, each around one of "
+            f"{', '.join(_MAIN.values())}; include at least one of them in components "
+            f"(found: {', '.join(present)})"
+        )
     model_config = resolve_config(config or _default_config(), {c: found[c] for c in present})
 
     dst.parent.mkdir(parents=True, exist_ok=True)

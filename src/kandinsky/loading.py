@@ -275,14 +275,16 @@ def load_network(
     """Build `name` on meta and fill it from `where`, strictly: every key used, every shape right."""
     with torch.device("meta"), _no_init():
         module = build_network(name, config)
-    expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    state = module.state_dict()
+    expected = {k: tuple(v.shape) for k, v in state.items()}
+    floating = {k for k, v in state.items() if v.is_floating_point()}
     if where.layout == "original":
         key_map = original_key_map(name, config, expected)
     else:
         key_map = {k: Source(k) for k in expected}
     reader = _open_readers(where)
     try:
-        tensors = _convert(name, where, reader, key_map, expected, dtype, device)
+        tensors = _convert(name, where, reader, key_map, expected, floating, dtype, device)
     finally:
         reader.close()
     module.load_state_dict(tensors, strict=True, assign=True)
@@ -326,6 +328,7 @@ def _convert(
     reader: StateDictReader,
     key_map: KeyMap,
     expected: dict[str, tuple[int, ...]],
+    floating: set[str],
     dtype: torch.dtype,
     device: torch.device,
 ) -> dict[str, torch.Tensor]:
@@ -345,6 +348,13 @@ def _convert(
                 f"{files}: tensor {src.key!r} has shape {list(reader.info[src.key].shape)}, but the "
                 f"configured {name} needs {list(expected[key])} for {key!r}. The weights belong to "
                 "another model size: pass the matching config, or the matching file."
+            )
+    for key in floating:
+        stored = reader.info[key_map[key].key].dtype
+        if not stored.is_floating_point:
+            raise WeightsError(
+                f"{files}: tensor {key_map[key].key!r} is stored as {stored}, but {key!r} of the {name} "
+                "is a floating-point weight. The file is damaged or not a weight file of this layout."
             )
     used = {src.key for src in key_map.values()}
     other_tower = (

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,22 +46,33 @@ class GenerationResult:
         """Write each image as PNG with its parameters; never overwrites (numbered names)."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        paths = []
-        for image, params in zip(self.images, self.params, strict=True):
-            path = next_free_path(folder, prefix)
-            save_png(image, params, path)
-            paths.append(path)
-        return paths
+        return [
+            save_numbered(image, params, folder, prefix)
+            for image, params in zip(self.images, self.params, strict=True)
+        ]
 
 
-def next_free_path(folder: Path, prefix: str) -> Path:
-    existing = {p.name for p in folder.glob(f"{prefix}-*.png")}
-    index = len(existing)
-    while (
-        f"{prefix}-{index:05d}.png" in existing or (folder / f"{prefix}-{index:05d}.png").exists()
-    ):
-        index += 1
-    return folder / f"{prefix}-{index:05d}.png"
+def save_numbered(image: Image.Image, params: dict[str, Any], folder: Path, prefix: str) -> Path:
+    """Write under the first free `prefix-NNNNN.png`; safe when several writers share a folder.
+
+    The PNG goes to a private temporary file first, then is hard-linked to the candidate name:
+    the link fails instead of replacing when another writer took that name (then try the next).
+    """
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{prefix}-", suffix=".partial", dir=folder)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        image.save(tmp, format="PNG", pnginfo=png_info(params))
+        index = len(list(folder.glob(f"{prefix}-*.png")))
+        while True:
+            path = folder / f"{prefix}-{index:05d}.png"
+            try:
+                os.link(tmp, path)
+                return path
+            except FileExistsError:
+                index += 1
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def png_info(params: dict[str, Any]) -> PngImagePlugin.PngInfo:
@@ -70,22 +82,26 @@ def png_info(params: dict[str, Any]) -> PngImagePlugin.PngInfo:
     return info
 
 
-def save_png(image: Image.Image, params: dict[str, Any], path: Path) -> None:
-    """Write atomically (temporary name, then rename) with both metadata chunks."""
-    tmp = path.with_name(f".{path.name}.partial")
-    image.save(tmp, format="PNG", pnginfo=png_info(params))
-    os.replace(tmp, path)
-
-
 def read_params(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The JSON parameters stored in a PNG written by this package."""
-    with Image.open(path) as image:
-        text = image.text.get(JSON_KEY) if hasattr(image, "text") else None
-    if not text:
-        from kandinsky.errors import InvalidInput
+    from kandinsky.errors import InvalidInput
 
+    try:
+        with Image.open(path) as image:
+            text = image.text.get(JSON_KEY) if hasattr(image, "text") else None
+    except FileNotFoundError as e:
+        raise InvalidInput(f"{path}: no such file") from e
+    except (OSError, ValueError) as e:
+        raise InvalidInput(f"{path} is not a readable PNG ({e})") from e
+    if not text:
         raise InvalidInput(f"{path} carries no kandinsky parameters (was it written by kandinsky?)")
-    return json.loads(text)
+    try:
+        params = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise InvalidInput(f"{path}: its kandinsky parameters are not valid JSON ({e})") from e
+    if not isinstance(params, dict):
+        raise InvalidInput(f"{path}: its kandinsky parameters are not a JSON object")
+    return params
 
 
 def summary(params: dict[str, Any]) -> str:

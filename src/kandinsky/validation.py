@@ -36,7 +36,14 @@ def prompts(
 
 def broadcast(value: str | Sequence[str], count: int, name: str) -> list[str]:
     """One string for all, or exactly one per prompt."""
-    items = [value] * count if isinstance(value, str) else list(value)
+    if isinstance(value, str):
+        items = [value] * count
+    elif isinstance(value, Sequence) and not isinstance(value, bytes):
+        items = list(value)
+    else:
+        raise InvalidInput(
+            f"{name} must be a string or a list of {count} strings, got {type(value).__name__}"
+        )
     if len(items) != count or not all(isinstance(v, str) for v in items):
         raise InvalidInput(
             f"{name} must be a string or a list of {count} strings (one per prompt), got {len(items)}"

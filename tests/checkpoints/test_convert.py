@@ -50,3 +50,11 @@ def test_failed_conversion_leaves_nothing_behind(tiny_original, tmp_path: Path) 
         convert(source, target, config=TINY, components=["unet", "movq"])
     assert not target.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+
+
+def test_components_without_a_pipeline_network_are_refused(tiny_original, tmp_path: Path) -> None:
+    with pytest.raises(InvalidInput, match="nothing to write"):
+        convert(
+            tiny_original[0], tmp_path / "out", config=TINY, components=["movq", "text_encoder"]
+        )
+    assert not (tmp_path / "out").exists()

@@ -185,3 +185,31 @@ def test_loaded_networks_run_in_eval_mode_without_grad(tiny_diffusers) -> None:
     assert not prior.training
     assert not any(p.requires_grad for p in prior.parameters())
     assert isinstance(loaded.config.prior, PriorConfig)
+
+
+def test_integer_tensor_where_a_weight_belongs_is_named(tiny_original, tmp_path: Path) -> None:
+    state = torch.load(tiny_original[0] / "movq_final.ckpt", weights_only=True)
+    state["decoder.conv_out.bias"] = state["decoder.conv_out.bias"].long()
+    torch.save(state, tmp_path / "movq_final.ckpt")
+    with pytest.raises(WeightsError, match="decoder.conv_out.bias"):
+        load(tmp_path, config=TINY, components=["movq"])
+
+
+def test_empty_checkpoint_file_is_corrupt(tmp_path: Path) -> None:
+    (tmp_path / "movq_final.ckpt").write_bytes(b"")
+    with pytest.raises(CorruptWeights, match="movq_final.ckpt"):
+        load(tmp_path, config=TINY, components=["movq"])
+
+
+@pytest.mark.parametrize("header", [[1, 2], {"a": {"dtype": "F32", "shape": [1]}}, {"a": 5}])
+def test_malformed_safetensors_header_is_corrupt(tmp_path: Path, header) -> None:
+    import json
+    import struct
+
+    from kandinsky.checkpoints.io import open_state_dict
+
+    raw = json.dumps(header).encode()
+    path = tmp_path / "w.safetensors"
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + bytes(16))
+    with pytest.raises(CorruptWeights, match="w.safetensors"):
+        open_state_dict(path)

@@ -151,20 +151,23 @@ def test_each_mode_subcommand_writes_images(
 
 
 @pytest.mark.parametrize(
-    ("args", "message"),
+    ("args", "message", "code"),
     [
-        (["generate", "x", "--steps", "0"], "num_steps"),
-        (["generate", "x", "--height", "100"], "height"),
-        (["generate", "x", "--sampler", "magic"], "sampler"),
-        (["vary", "missing.png"], "not found"),
-        (["generate", "--from", "missing.png"], "missing.png"),
-        (["generate", "x", "--model", "demo"], "demo"),
+        (["generate", "x", "--steps", "0"], "num_steps", 2),
+        (["generate", "x", "--height", "100"], "height", 2),
+        (["generate", "x", "--sampler", "magic"], "sampler", 2),
+        (["vary", "missing.png"], "not found", 2),
+        (["mix", "typo.png", "x", "--weights", "0.5", "0.5"], "typo.png", 2),
+        (["generate", "--from", "missing.png"], "missing.png", 2),
+        (["generate", "x", "--model", "demo-missing"], "demo-missing", 1),
     ],
 )
-def test_bad_input_is_one_line_and_exit_code_1(tiny_diffusers, tmp_path, args, message) -> None:
+def test_bad_input_is_one_line_with_its_exit_code(
+    tiny_diffusers, tmp_path, args, message, code
+) -> None:
     model = [] if "--model" in args else ["--model", str(tiny_diffusers)]
     result = kandinsky(*args, *model, "--out", str(tmp_path), "--no-progress")
-    assert result.returncode == 1, result.stderr
+    assert result.returncode == code, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0]
 

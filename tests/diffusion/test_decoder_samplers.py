@@ -218,6 +218,7 @@ def test_p_sampler_follows_original_formulas(n):
         n,
         noise_sampler=lambda x: next(it),
         denoised_fn=lambda a: 0.8 * a + 0.1,
+        p_threshold="first_image",  # the reference is the original's row-0 rule
     )
     assert next(it, None) is None  # one draw per step, the last one included
     assert calls[0] == [999.0, 999.0] and calls[-1] == [0.0, 0.0]
@@ -225,7 +226,7 @@ def test_p_sampler_follows_original_formulas(n):
         np.testing.assert_allclose(ours.numpy(), theirs, rtol=1e-10, atol=1e-10)
 
 
-def test_p_sampler_threshold_uses_row_zero_only():
+def test_p_sampler_first_image_threshold_uses_row_zero_only():
     """Row 1 is ten times louder: its x0 is clipped at row 0's percentile, not its own."""
     x = torch.ones(2, 1, 20, 20, dtype=torch.float64) * torch.tensor(
         [1.0, 10.0], dtype=torch.float64
@@ -235,8 +236,21 @@ def test_p_sampler_threshold_uses_row_zero_only():
     def x0_is_x(x, t):  # eps = 0 ⇒ x0 = x / √ᾱ at t = 0
         return torch.zeros_like(x)
 
-    out = sample("p_sampler", x0_is_x, x * AC[0] ** 0.5, 1)
+    out = sample("p_sampler", x0_is_x, x * AC[0] ** 0.5, 1, p_threshold="first_image")
     assert out[1].max().item() == pytest.approx(1.0)  # clamp ±2, then s = max(q_row0 = 1, 1) = 1
+
+
+def test_p_sampler_per_image_threshold_does_not_depend_on_the_batch():
+    x = torch.randn(3, 2, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 4
+    alone = sample("p_sampler", toy_eps_v_one, x[1:2], 3, noise_sampler=torch.zeros_like)
+    batched = sample("p_sampler", toy_eps_v_one, x, 3, noise_sampler=torch.zeros_like)
+    torch.testing.assert_close(batched[1:2], alone, rtol=0, atol=1e-12)
+
+
+def toy_eps_v_one(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Per-row model (no cross-row coupling): eps = −x + cos(t/300), v = tanh(x)."""
+    eps = -x + torch.cos(t.to(x.dtype) / 300).view(-1, 1, 1, 1)
+    return torch.cat([eps, torch.tanh(x)], dim=1)
 
 
 def test_sampler_runs_in_half_precision_and_keeps_dtype():

@@ -27,11 +27,11 @@ def test_text2img_returns_the_asked_size(pipe, height, width) -> None:
     assert result.seeds == [0] and result.params[0]["seed"] == 0
 
 
-def test_same_seed_gives_the_same_image_whatever_the_batch_size(pipe) -> None:
-    single = pipe.text2img("a red circle", seed=[11], height=64, width=64, **FAST)
-    batch = pipe.text2img(
-        "a red circle", seed=[5, 11, 12], num_images=3, height=64, width=64, **FAST
-    )
+@pytest.mark.parametrize("sampler", ["p_sampler", "ddim", "plms", "dpmpp_2m", "euler_a"])
+def test_same_seed_gives_the_same_image_whatever_the_batch_size(pipe, sampler) -> None:
+    size = {"height": 64, "width": 64, "sampler": sampler, **FAST}
+    single = pipe.text2img("a red circle", seed=[11], **size)
+    batch = pipe.text2img("a red circle", seed=[5, 11, 12], num_images=3, **size)
     # equal up to the float rounding of batched matrix products
     assert (batch.pixels[1] - single.pixels[0]).abs().max() < 1e-4
     assert (batch.pixels[0] - batch.pixels[1]).abs().max() > 1e-3
@@ -194,3 +194,20 @@ def test_bad_input_names_the_argument(pipe, method, args, kwargs, named) -> None
 def test_image_of_20000_pixels_is_refused(pipe) -> None:
     with pytest.raises(InvalidInput, match="16384"):
         pipe.variations(np.zeros((20000, 8, 3), dtype=np.uint8))
+
+
+def test_concurrent_saves_into_one_folder_never_overwrite(pipe, tmp_path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    result = pipe.text2img("a star", seed=0, height=64, width=64, **FAST)
+    with ThreadPoolExecutor(8) as pool:
+        paths = [p for batch in pool.map(lambda _: result.save(tmp_path), range(8)) for p in batch]
+    assert len(set(paths)) == 8 and len(list(tmp_path.glob("*.png"))) == 8
+    assert not list(tmp_path.glob(".*"))  # no temporary files left
+
+
+def test_outpaint_passes_share_one_condition(pipe) -> None:
+    result = pipe.outpaint(
+        picture(64, 64), "a field", extend=(0, 0, 96, 0), max_step=32, seed=0, **FAST
+    )
+    assert len(result.extras["passes"]) == 3 and result.image_embeds.shape[0] == 1

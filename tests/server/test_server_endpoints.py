@@ -181,4 +181,25 @@ def test_ui_is_mounted_when_present(tiny_pipe, monkeypatch):
         assert client.get("/docs").status_code == 401
         headers = {"Authorization": "Bearer k"}
         assert client.get("/v1/models", headers=headers).status_code == 200
+        # the catch-all page at "/" must not swallow the API's 404/405 (nor their shape)
+        for method, path, status, error in [
+            ("get", "/v1/text2img", 405, "method_not_allowed"),
+            ("get", "/v1/text2img/upload", 405, "method_not_allowed"),
+            ("delete", "/health", 405, "method_not_allowed"),
+            ("get", "/v1/nothing", 404, "not_found"),
+            ("get", "/no/such/page", 404, "not_found"),  # answered by Gradio's app
+        ]:
+            response = client.request(method, path, headers=headers)
+            assert response.status_code == status, (path, response.text)
+            assert response.json() == {"error": error, "detail": response.json()["detail"]}
+        assert client.get("/", headers=headers).status_code == 200
     app.state.worker.close()
+
+
+def test_variations_negative_prior_prompt(client):
+    body = {**BODIES["variations"], "negative_prior_prompt": "blurry"}
+    response = client.post("/v1/variations", json=body)
+    assert response.status_code == 200, response.text
+    assert response.json()["params"][0]["negative_prior_prompt"] == "blurry"
+    plain = client.post("/v1/variations", json=BODIES["variations"]).json()
+    assert plain["images"][0]["png_base64"] != response.json()["images"][0]["png_base64"]

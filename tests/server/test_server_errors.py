@@ -59,10 +59,52 @@ def test_huge_images_are_refused_before_decoding(client, make_client):
     small = make_client(max_image_pixels=64 * 64)
     body = {**I2I, "image": b64(png_bytes((65, 64)))}
     check_error(small.post("/v1/img2img", json=body), 413, "image_too_large", "4096")
+    # max_image_pixels is for inputs only: outputs have their own limit
+    assert small.post("/v1/text2img", json={"prompt": "x", **FAST}).status_code == 200
+
+
+def test_output_size_is_limited_before_queueing(client, make_client, tiny_pipe, monkeypatch):
+    """4096² output needs >100 GB in the (uninterruptible) MoVQ decode: refused up front."""
+    calls = []
+    for mode in ("text2img", "img2img", "outpaint"):
+        monkeypatch.setattr(tiny_pipe, mode, lambda *a, **k: calls.append(k))
+    body = {"prompt": "x", "height": 4096, "width": 4096, "num_steps": 1}
+    check_error(
+        client.post("/v1/text2img", json=body),
+        400,
+        "invalid_input",
+        "4096×4096",
+        "2359296",
+        "max_output_pixels",
+    )
+    body = {"prompt": "x", "height": 1536, "width": 1536, "num_images": 8}
+    check_error(
+        client.post("/v1/text2img", json=body), 400, "invalid_input", "9437184", "fewer images"
+    )
+    body = {"prompt": ["a", "b"], "height": 1536, "width": 1536, "num_images": 3}
+    check_error(client.post("/v1/text2img", json=body), 400, "invalid_input", "6 images")
+    # img2img's size defaults to the input's: a 2048² input (allowed) means a 2048² output
+    big = b64(huge_png(2048, 2048))
+    body = {"image": big, "prompt": "x"}
+    check_error(client.post("/v1/img2img", json=body), 400, "invalid_input", "image's size")
+    body = {"image": IMAGE, "prompt": "x", "size": [2048, 2048]}
+    check_error(client.post("/v1/outpaint", json=body), 400, "invalid_input", "canvas", "2359296")
+    assert calls == [] and client.app.state.worker.pending == 0
+    monkeypatch.undo()
+    # the same big input, with an output size inside the limit, is fine
+    assert client.post("/v1/img2img", json={**I2I, "image": big}).status_code == 200
+    info = client.get("/v1/models").json()["limits"]
+    assert info["max_output_pixels"] == 1536**2 and info["max_total_output_pixels"] == 4 * 1536**2
+    assert info["max_image_pixels"] == 4096**2
+
+    small = make_client(max_output_pixels=64 * 64, max_total_output_pixels=2 * 64 * 64)
     body = {"prompt": "x", "height": 72, "width": 64}
-    check_error(small.post("/v1/text2img", json=body), 400, "invalid_input", "4096")
+    check_error(small.post("/v1/text2img", json=body), 400, "invalid_input", "4096", "64×64")
     body = {"image": IMAGE, "prompt": "x", "extend": [8, 0, 0, 0]}
     check_error(small.post("/v1/outpaint", json=body), 400, "invalid_input", "canvas")
+    body = {**I2I, "num_images": 3}
+    check_error(small.post("/v1/img2img", json=body), 400, "invalid_input", "8192")
+    assert small.post("/v1/img2img", json={**I2I, "num_images": 2}).status_code == 200
 
 
 def test_server_limits(client):
@@ -98,6 +140,24 @@ def test_unknown_and_mistyped_fields(client):
     check_error(response, 400, "invalid_input", "prompt")
     check_error(client.get("/v1/nothing"), 404, "not_found")
     check_error(client.get("/v1/text2img"), 405, "method_not_allowed")
+    check_error(client.delete("/health"), 405, "method_not_allowed")
+
+
+def test_other_http_errors_are_named_by_their_phrase():
+    import asyncio
+    import json
+
+    from starlette.exceptions import HTTPException
+
+    from kandinsky.server.app import _http_error
+
+    response = asyncio.run(_http_error(None, HTTPException(409, "taken")))
+    assert json.loads(response.body) == {"error": "conflict", "detail": "taken"}
+    response = asyncio.run(_http_error(None, HTTPException(503)))
+    assert json.loads(response.body) == {
+        "error": "service_unavailable",
+        "detail": "Service Unavailable",
+    }
 
 
 # Inputs the pipeline itself refuses: each must come back as a 4xx naming the argument.

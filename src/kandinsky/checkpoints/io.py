@@ -87,18 +87,16 @@ class _SafetensorsReader(StateDictReader):
                 raise CorruptWeights(
                     f"{path}: unreadable safetensors header ({e}). Download it again."
                 ) from e
+        if not isinstance(header, dict):
+            raise CorruptWeights(
+                f"{path}: safetensors header is not a JSON object. Download it again."
+            )
         header.pop("__metadata__", None)
         info: dict[str, TensorInfo] = {}
         self._spans: dict[str, tuple[int, int]] = {}
         data_start = 8 + header_len
         for name, entry in header.items():
-            dtype = SAFETENSORS_DTYPES.get(entry.get("dtype", ""))
-            if dtype is None:
-                raise CorruptWeights(
-                    f"{path}: tensor {name!r} has unsupported dtype {entry.get('dtype')!r}."
-                )
-            begin, end = entry["data_offsets"]
-            shape = tuple(int(s) for s in entry["shape"])
+            dtype, shape, (begin, end) = _header_entry(path, name, entry)
             nbytes = _numel(shape) * _itemsize(dtype)
             if end - begin != nbytes:
                 raise CorruptWeights(
@@ -127,6 +125,25 @@ class _SafetensorsReader(StateDictReader):
 
     def close(self) -> None:
         self._file.close()
+
+
+def _header_entry(
+    path: Path, name: str, entry: object
+) -> tuple[torch.dtype, tuple[int, ...], tuple[int, int]]:
+    """(dtype, shape, byte span) of one header entry, or CorruptWeights naming the tensor."""
+    try:
+        dtype = SAFETENSORS_DTYPES.get(entry["dtype"])  # type: ignore[index]
+        shape = tuple(int(s) for s in entry["shape"])  # type: ignore[index]
+        begin, end = (int(o) for o in entry["data_offsets"])  # type: ignore[index]
+    except (TypeError, KeyError, ValueError) as e:
+        raise CorruptWeights(
+            f"{path}: header entry for {name!r} is malformed ({e!r}). Download it again."
+        ) from e
+    if dtype is None:
+        raise CorruptWeights(f"{path}: tensor {name!r} has unsupported dtype {entry['dtype']!r}.")  # type: ignore[index]
+    if any(s < 0 for s in shape) or not 0 <= begin <= end:
+        raise CorruptWeights(f"{path}: header entry for {name!r} has impossible shape or offsets.")
+    return dtype, shape, (begin, end)
 
 
 class _PickleReader(StateDictReader):
@@ -162,7 +179,7 @@ def load_pickle(path: Path) -> object:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        text = str(e)
+        text = str(e) or type(e).__name__
         if (
             "Weights only load failed" in text
             or "Unsupported global" in text
@@ -170,15 +187,29 @@ def load_pickle(path: Path) -> object:
         ):
             raise UnsafeWeights(
                 f"{path}: refused to load — the pickle asks to run code or build objects that are "
-                f"not plain tensors ({text.splitlines()[0][:200]}). Only load files from a source "
+                f"not plain tensors ({_first_line(text)}). Only load files from a source "
                 f"you trust; ours are read with weights_only=True and cannot run code."
             ) from e
-        raise CorruptWeights(f"{path}: not a readable torch checkpoint ({text[:200]}).") from e
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
         raise CorruptWeights(
-            f"{path}: cannot read this checkpoint — it looks truncated or damaged "
-            f"({str(e).splitlines()[0][:200]}). Download it again."
+            f"{path}: not a readable torch checkpoint ({_first_line(text)})."
         ) from e
+    except (
+        RuntimeError,
+        EOFError,
+        zipfile.BadZipFile,
+        OSError,
+        ValueError,
+        IndexError,
+        KeyError,
+    ) as e:
+        raise CorruptWeights(
+            f"{path}: cannot read this checkpoint — it looks truncated, empty or damaged "
+            f"({_first_line(str(e)) or type(e).__name__}). Download it again."
+        ) from e
+
+
+def _first_line(text: str) -> str:
+    return (text.splitlines() or [""])[0][:200]
 
 
 def _flatten(path: Path, obj: object) -> dict[str, torch.Tensor]:

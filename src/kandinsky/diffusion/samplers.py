@@ -69,15 +69,20 @@ def sample_p(
     noise_sampler: NoiseSampler,
     denoised_fn: DenoisedFn | None = None,
     callback: Callback | None = None,
+    threshold: Literal["per_image", "first_image"] = "per_image",
 ) -> torch.Tensor:
     """Ancestral DDPM on the respaced process (the original `p_sample_loop`).
 
     `timesteps` is the respaced plan, descending and ending at 0; the respaced β'_i comes from
     consecutive kept timesteps (ᾱ_prev = 1 after the last). Each step: x0 from eps, clamp ±2,
-    `denoised_fn` (inpaint blend), dynamic thresholding (99.5th percentile of |x0| of batch row 0
-    only, s = max(s, 1), x0 = clamp(x0, ±s)/s for every row), posterior mean, and learned-range
+    `denoised_fn` (inpaint blend), dynamic thresholding (99.5th percentile s of |x0|, s = max(s, 1),
+    x0 = clamp(x0, ±s)/s), posterior mean, and learned-range
     noise log σ² = f·log β' + (1−f)·log β̃ with f = (v+1)/2 (v = −1, i.e. σ² = β̃, without variance
     channels). Noise is drawn after the model call on every step, and unused on the last one.
+
+    threshold="per_image" (default) takes each image's own percentile, so an image does not
+    depend on what else is in the batch; "first_image" is the original's rule (row 0's
+    percentile for the whole batch), identical to per_image for a batch of one.
     """
     channels, n = x.shape[1], len(timesteps)
     for i, t in enumerate(timesteps):
@@ -90,11 +95,7 @@ def sample_p(
         x0 = x0.clamp(-2.0, 2.0)  # the original's denoised_fun clamps before anything else
         if denoised_fn is not None:
             x0 = denoised_fn(x0)
-        # percentile of row 0 only: the original takes `np.percentile(..., axis=rest)[0]`
-        row0 = x0[0].abs().flatten()
-        row0 = row0 if row0.dtype in (torch.float32, torch.float64) else row0.float()
-        s = max(torch.quantile(row0, 0.995).item(), 1.0)  # linear interpolation, as np.percentile
-        x0 = x0.clamp(-s, s) / s
+        x0 = _dynamic_threshold(x0, threshold)
         coef_x0 = math.sqrt(alpha_bar_prev) * beta / (1.0 - alpha_bar)
         coef_xt = math.sqrt(alpha_bar / alpha_bar_prev) * (1.0 - alpha_bar_prev) / (1.0 - alpha_bar)
         mean = coef_x0 * x0 + coef_xt * x
@@ -131,6 +132,22 @@ def _ddim_step(
         x0 = denoised_fn(x0)
         eps = (x - math.sqrt(alpha_bar) * x0) / math.sqrt(1.0 - alpha_bar)
     return math.sqrt(alpha_bar_prev) * x0 + math.sqrt(1.0 - alpha_bar_prev) * eps
+
+
+def _dynamic_threshold(x0: torch.Tensor, rule: str) -> torch.Tensor:
+    """x0 = clamp(x0, ±s)/s with s = max(99.5th percentile of |x0|, 1) (linear interpolation, as
+    np.percentile); per image, or row 0's for all (the original: `np.percentile(…)[0]`)."""
+    magnitudes = x0.abs().flatten(1)
+    magnitudes = (
+        magnitudes if magnitudes.dtype in (torch.float32, torch.float64) else magnitudes.float()
+    )
+    if rule == "first_image":
+        magnitudes = magnitudes[:1]
+    elif rule != "per_image":
+        raise InvalidInput(f"threshold {rule!r} is unknown; use 'per_image' or 'first_image'")
+    s = torch.quantile(magnitudes, 0.995, dim=1).clamp(min=1.0).to(x0.dtype)
+    s = s.view(-1, *([1] * (x0.ndim - 1)))
+    return x0.clamp(-s, s) / s
 
 
 def sample_ddim(
@@ -347,6 +364,7 @@ def sample(
     noise_sampler: NoiseSampler | None = None,
     denoised_fn: DenoisedFn | None = None,
     callback: Callback | None = None,
+    p_threshold: Literal["per_image", "first_image"] = "per_image",
 ) -> torch.Tensor:
     """Run `sampler` for `num_steps` from x (x_t at the plan's first timestep kept).
 
@@ -356,6 +374,7 @@ def sample(
     p_sampler after the ±2 clamp and before dynamic thresholding (the original's inpaint blend);
     for ddim/plms eps is re-derived from the processed x0; for dpmpp_2m/euler_a it processes D.
     callback(i, n, x) after each step, x in the model's (variance-preserving) scale.
+    p_threshold: p_sampler's dynamic-thresholding rule (see `sample_p`).
     """
     name = resolve_sampler(sampler)
     schedule = schedule if schedule is not None else decoder_schedule()
@@ -369,6 +388,7 @@ def sample(
         timesteps = timesteps[start_step:]
     if not timesteps:
         return x
+    extra = {"threshold": p_threshold} if name == "p_sampler" else {}
     return SAMPLERS[name](
         model,
         x,
@@ -377,6 +397,7 @@ def sample(
         noise_sampler=noise_sampler if noise_sampler is not None else torch.randn_like,
         denoised_fn=denoised_fn,
         callback=callback,
+        **extra,
     )
 
 

@@ -65,6 +65,7 @@ def outpaint(
     for index, generator in enumerate(job.noise.generators):
         current = source
         out: ModeOutput | None = None
+        embeds: tuple[torch.Tensor, torch.Tensor] | None = None  # one condition for every pass
         for step in passes:
             canvas, keep = canvas_and_keep(current, step, overlap)
             sub = replace(
@@ -73,7 +74,15 @@ def outpaint(
                 decoder=replace(job.decoder, height=canvas.height, width=canvas.width),
                 negative_prompts=[job.negative_prompts[index]],
             )
-            out = inpaint(sub, canvas, keep, [prompts[index]])
+            out = inpaint(
+                sub,
+                canvas,
+                keep,
+                [prompts[index]],
+                image_embeds=embeds[0] if embeds else None,
+                negative_image_embeds=embeds[1] if embeds else None,
+            )
+            embeds = (out.image_embeds, out.negative_image_embeds)
             current = tensor_to_pil(out.images)[0]
         assert out is not None  # at least one pass: extend was checked to be non-zero
         results.append(out)

@@ -15,10 +15,19 @@ text (`num_steps=30`, `paste_back=false`), lists are JSON (`seed=[1,2]`, `extend
 or, for prompts, repeated fields. For mix, repeat `items` in order: text fields are texts,
 files are images (`-F items="a castle" -F items=@photo.png -F weights=[0.5,0.5]`).
 
-Errors are always JSON `{"error": code, "detail": message}`: 400 invalid_input /
-invalid_image, 401 unauthorized, 404/405, 413 request_too_large / image_too_large,
-415 unsupported_media_type, 422 validation_error, 429 queue_full (with Retry-After),
-503 missing_weights / shutting_down, 504 timeout, 500 internal_error (a bug; logged).
+Errors are always JSON `{"error": code, "detail": message}`, on every route (the Gradio
+page's included): 400 invalid_input / invalid_image, 401 unauthorized, 404 not_found,
+405 method_not_allowed, 413 request_too_large / image_too_large, 415 unsupported_media_type,
+422 validation_error, 429 queue_full (with Retry-After), 503 missing_weights / shutting_down /
+out_of_memory, 504 timeout (with Retry-After), 500 internal_error (a bug; logged).
+
+Limits (`ServerSettings`, listed by /v1/models): output size per image (`max_output_pixels`)
+and per request (`max_total_output_pixels`), checked before a job is queued, because the
+MoVQ decode at the end of a job cannot be interrupted and its memory grows with the pixels;
+input images (`max_image_pixels`, resized by the pipeline, so cheap), steps, images per
+request, queue length, request bytes, and the per-request timeout. A request that times out
+gets 504 at once; a job that had started may still finish (its result is dropped), and the
+Retry-After of 429/504 answers grows with how long the running job has been running.
 
 Auth: with an API key (`ServerSettings.api_key`, default `$KANDINSKY_API_KEY`) every route
 except /health needs `Authorization: Bearer <key>`, the docs included. The Gradio page is
@@ -36,6 +45,7 @@ import json
 import logging
 import math
 import os
+import re
 import secrets
 import time
 import types
@@ -43,6 +53,7 @@ import typing
 from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
+from http import HTTPStatus
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
@@ -54,6 +65,7 @@ from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match, Mount
 
 from kandinsky.errors import InvalidInput, KandinskyError, MissingWeights
 from kandinsky.results import png_info
@@ -71,13 +83,14 @@ from kandinsky.server.schemas import (
     Text2ImgRequest,
     VariationsRequest,
 )
-from kandinsky.server.worker import JobCancelled, QueueFull, Worker
+from kandinsky.server.worker import JobCancelled, QueueFull, Worker, is_out_of_memory
 
 log = logging.getLogger("kandinsky.server")
 
 API_KEY_ENV = "KANDINSKY_API_KEY"
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")  # never EPS & co (external tools)
 _GUARDED_WITH_UI = ("/v1", "/docs", "/redoc", "/openapi.json")
+_API_PATHS = (*_GUARDED_WITH_UI, "/health")  # never handed to the Gradio page at "/"
 
 
 @dataclass
@@ -90,7 +103,12 @@ class ServerSettings:
     max_queue: int = 8
     timeout_s: float = 600
     max_request_bytes: int = 20_000_000
-    max_image_pixels: int = 16_777_216  # 4096²
+    # OUTPUT size: per image (1536², e.g. 1536×1536 or 2048×1152) and per request (all images
+    # together, 4 × 1536²). The 4096² that the pipeline allows needs >100 GB in the MoVQ
+    # decode, which no timeout can interrupt; raise these only for a GPU that fits them.
+    max_output_pixels: int = 2_359_296
+    max_total_output_pixels: int = 9_437_184
+    max_image_pixels: int = 16_777_216  # INPUT images (4096²); the pipeline resizes them
     max_steps: int = 250
     max_images: int = 8
     ui: bool = True
@@ -264,8 +282,7 @@ class _Service:
         try:
             future = self.worker.submit(mode, kwargs)
         except QueueFull as e:
-            wait = max(1, math.ceil(e.retry_after))
-            raise ApiError(429, "queue_full", str(e), {"Retry-After": str(wait)}) from None
+            raise ApiError(429, "queue_full", str(e), _retry_after(e.retry_after)) from None
         except RuntimeError as e:
             raise ApiError(503, "shutting_down", f"the server is shutting down ({e})") from None
         waiter = asyncio.wrap_future(future)
@@ -277,16 +294,13 @@ class _Service:
             waiter.add_done_callback(_consume)
             raise
         if not done:
-            self.worker.cancel(future)
-            waiter.add_done_callback(_consume)
-            raise ApiError(
-                504,
-                "timeout",
-                f"the request did not finish within {self.settings.timeout_s:g} s "
-                "(the server's per-request timeout); it was cancelled",
-            )
+            fate = self.worker.give_up(future)
+            if fate != "finished":
+                waiter.add_done_callback(_consume)
+                raise self._timeout(fate)
+            # it ended just now; its outcome reaches the event loop in a moment
         try:
-            result = waiter.result()
+            result = await waiter
         except asyncio.CancelledError:
             raise ApiError(503, "shutting_down", "the job was cancelled by shutdown") from None
         except Exception as e:
@@ -297,6 +311,18 @@ class _Service:
             "params": result.params,
             "elapsed_s": round(time.monotonic() - started, 4),
         }
+
+    def _timeout(self, fate: str) -> ApiError:
+        """504 saying truthfully what became of the job (see Worker.give_up)."""
+        limit = f"timed out after {self.settings.timeout_s:g} s (the server's per-request timeout)"
+        if fate == "running":
+            detail = (
+                f"{limit}; the job is still finishing and will be discarded (it stops at its "
+                "next denoising step; the final decode cannot be interrupted)"
+            )
+        else:
+            detail = f"{limit} while waiting in the queue; the job was cancelled before it started"
+        return ApiError(504, "timeout", detail, _retry_after(self.worker.estimate_wait()))
 
     def _prepare(self, mode: str, body: BaseModel) -> dict[str, Any]:
         kwargs = body.model_dump()
@@ -315,6 +341,11 @@ class _Service:
                 else decode_image(item["image"], f"items[{i}]", pixels)
                 for i, item in enumerate(kwargs["items"])
             ]
+        if mode in ("img2img", "inpaint"):  # the size defaults to the image's
+            image = kwargs["image"]
+            height = kwargs["height"] or max(64, image.height // 8 * 8)
+            width = kwargs["width"] or max(64, image.width // 8 * 8)
+            self._check_output(height, width, kwargs, "the output (the image's size by default)")
         if mode == "outpaint":
             self._check_outpaint_canvas(kwargs)
             for key in ("extend", "size"):
@@ -332,8 +363,7 @@ class _Service:
                     "invalid_input",
                     f"{key} is {value}; this server allows at most {s.max_steps} steps",
                 )
-        prompts = kwargs.get("prompt")
-        count = kwargs.get("num_images", 1) * (len(prompts) if isinstance(prompts, list) else 1)
+        count = _image_count(kwargs)
         if count > s.max_images:
             raise ApiError(
                 400,
@@ -342,16 +372,29 @@ class _Service:
                 f"{s.max_images} per request",
             )
         height, width = kwargs.get("height"), kwargs.get("width")
-        if (
-            isinstance(height, int)
-            and isinstance(width, int)
-            and height * width > s.max_image_pixels
-        ):
+        if isinstance(height, int) and isinstance(width, int):
+            self._check_output(height, width, kwargs, "height × width")
+
+    def _check_output(self, height: int, width: int, kwargs: dict[str, Any], what: str) -> None:
+        """Output size limits: per image, then all the request's images together."""
+        s = self.settings
+        pixels = height * width
+        if pixels > s.max_output_pixels:
             raise ApiError(
                 400,
                 "invalid_input",
-                f"height × width is {width}×{height} = {width * height} pixels; this server "
-                f"allows at most {s.max_image_pixels} pixels per image",
+                f"{what} is {width}×{height} = {pixels} pixels; this server allows at most "
+                f"{s.max_output_pixels} pixels per output image (max_output_pixels, e.g. "
+                f"{_square(s.max_output_pixels)}); ask for a smaller size",
+            )
+        count = _image_count(kwargs)
+        if pixels * count > s.max_total_output_pixels:
+            raise ApiError(
+                400,
+                "invalid_input",
+                f"{count} images of {width}×{height} are {pixels * count} pixels; this server "
+                f"allows at most {s.max_total_output_pixels} output pixels per request "
+                "(max_total_output_pixels); ask for fewer images or a smaller size",
             )
 
     def _check_outpaint_canvas(self, kwargs: dict[str, Any]) -> None:
@@ -363,13 +406,24 @@ class _Service:
             width, height = image.width + left + right, image.height + top + bottom
         else:
             return
-        if width * height > self.settings.max_image_pixels:
-            raise ApiError(
-                400,
-                "invalid_input",
-                f"the outpainted canvas would be {width}×{height} = {width * height} pixels; "
-                f"this server allows at most {self.settings.max_image_pixels}",
-            )
+        self._check_output(height, width, kwargs, "the outpainted canvas")
+
+
+def _image_count(kwargs: dict[str, Any]) -> int:
+    """Images a request makes: num_images per prompt."""
+    prompts = kwargs.get("prompt")
+    num_images = kwargs.get("num_images", 1)
+    num_images = num_images if isinstance(num_images, int) and num_images > 0 else 1
+    return num_images * (len(prompts) if isinstance(prompts, list) and prompts else 1)
+
+
+def _square(pixels: int) -> str:
+    side = math.isqrt(pixels)
+    return f"{side}×{side}"
+
+
+def _retry_after(seconds: float) -> dict[str, str]:
+    return {"Retry-After": str(max(1, math.ceil(seconds)))}
 
 
 def _consume(future: asyncio.Future) -> None:
@@ -387,6 +441,13 @@ def _map_job_error(e: BaseException) -> ApiError:
         return ApiError(503, "missing_weights", str(e))
     if isinstance(e, JobCancelled):
         return ApiError(503, "cancelled", str(e))
+    if is_out_of_memory(e):  # logged by the worker, which freed the memory and lives on
+        return ApiError(
+            503,
+            "out_of_memory",
+            f"the server ran out of memory on this request ({type(e).__name__}); "
+            "try a smaller size or fewer images",
+        )
     if isinstance(e, KandinskyError):
         log.error("model error: %s", e)
         return ApiError(503, "model_error", str(e))
@@ -669,7 +730,21 @@ _HTTP_CODES = {
 }
 
 
+async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """404, 405 & co. as {error, detail}; also installed on the Gradio page's app."""
+    code = _HTTP_CODES.get(exc.status_code)
+    if code is None:
+        try:
+            phrase = HTTPStatus(exc.status_code).phrase
+        except ValueError:
+            phrase = "HTTP error"
+        code = re.sub(r"[^a-z0-9]+", "_", phrase.lower()).strip("_")
+    return _error_response(exc.status_code, code, exc.detail, exc.headers)
+
+
 def _install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+
     @app.exception_handler(ApiError)
     async def api_error(_request: Request, exc: ApiError) -> JSONResponse:
         return _error_response(exc.status, exc.error, exc.detail, exc.headers)
@@ -692,11 +767,6 @@ def _install_error_handlers(app: FastAPI) -> None:
                 f" (this route takes JSON; send multipart uploads to {request.url.path}/upload)"
             )
         return _error_response(422, "validation_error", detail)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = _HTTP_CODES.get(exc.status_code, "http_error")
-        return _error_response(exc.status_code, code, exc.detail, exc.headers)
 
     @app.exception_handler(KandinskyError)
     async def kandinsky_error(_request: Request, exc: KandinskyError) -> JSONResponse:
@@ -848,4 +918,23 @@ def _mount_ui(app: FastAPI, worker: Worker, settings: ServerSettings) -> bool:
         if auth
         else None,
     )
+    mount = app.router.routes[-1]
+    assert isinstance(mount, Mount), mount
+    # A catch-all mount at "/" would answer the API's 404s and 405s (GET /v1/text2img) with
+    # Gradio's {"detail": "Not Found"}: keep the API's paths away from it, and give the page's
+    # own HTTP errors the API's {error, detail} shape.
+    app.router.routes[-1] = _UiMount(mount.path or "/", app=mount.app, name=mount.name)
+    mount.app.add_exception_handler(StarletteHTTPException, _http_error)
     return True
+
+
+class _UiMount(Mount):
+    """The Gradio page's mount at "/", which never matches the API's own paths."""
+
+    def matches(self, scope: Any) -> tuple[Match, Any]:
+        path = scope.get("path", "")
+        if scope["type"] == "http" and any(
+            path == p or path.startswith(p + "/") for p in _API_PATHS
+        ):
+            return Match.NONE, {}
+        return super().matches(scope)

@@ -40,17 +40,26 @@ class _Common(_Base):
     prior_sampler: str = Field("original", description="Prior sampler: original or unclip.")
 
 
+_SERVER_LIMIT = " The server may allow less: see max_output_pixels in /v1/models limits."
+
+
 class _Size(_Base):
-    height: int = Field(512, description="Output height in pixels (multiple of 8, 64…4096).")
-    width: int = Field(512, description="Output width in pixels (multiple of 8, 64…4096).")
+    height: int = Field(
+        512, description="Output height in pixels (multiple of 8, 64…4096)." + _SERVER_LIMIT
+    )
+    width: int = Field(
+        512, description="Output width in pixels (multiple of 8, 64…4096)." + _SERVER_LIMIT
+    )
 
 
 class _SizeFromImage(_Base):
     height: int | None = Field(
-        None, description="Output height; default: the image's height rounded down to 8."
+        None,
+        description="Output height; default: the image's height rounded down to 8." + _SERVER_LIMIT,
     )
     width: int | None = Field(
-        None, description="Output width; default: the image's width rounded down to 8."
+        None,
+        description="Output width; default: the image's width rounded down to 8." + _SERVER_LIMIT,
     )
 
 
@@ -120,6 +129,9 @@ class VariationsRequest(_Common, _Size, _Image):
 
     prompt: str = Field("", description="Decoder text prompt.")
     negative_prompt: str = Field("", description="Decoder negative prompt.")
+    negative_prior_prompt: str = Field(
+        "", description="Prior negative prompt (the unconditional side of prior guidance)."
+    )
 
 
 class Img2ImgRequest(_Common, _SizeFromImage, _NegativePrompts, _Prompts, _Image):

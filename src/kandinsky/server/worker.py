@@ -5,19 +5,25 @@ slows the first and memory never holds two batches. `submit` refuses work with `
 when `max_queue` jobs are already waiting (the running job does not count); `run` waits for
 the result at most `timeout` seconds and then gives up on the job: a job still waiting is
 taken off the queue, a running one is stopped at its next denoising step (its result, if it
-finishes anyway, is dropped).
+finishes anyway, is dropped). Work between steps (text encoding, the MoVQ decode) cannot be
+interrupted: a job given up there keeps the worker busy until it ends, and `give_up` says so.
+
+A job that runs out of memory (`is_out_of_memory`) fails alone: its traceback is dropped and
+the allocator's cache emptied, so the next job starts with the memory the failed one held.
 """
 
 from __future__ import annotations
 
 import collections
 import concurrent.futures
+import gc
 import logging
 import math
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from kandinsky.errors import InvalidInput
 
@@ -42,6 +48,29 @@ class QueueFull(Exception):
 
 class JobCancelled(Exception):
     """Raised inside a running job (at a denoising step) once its caller has given up on it."""
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether `error` is an allocation failure: torch's OutOfMemoryError (CUDA, MPS, …), a
+    RuntimeError saying "out of memory" (older torch, cuDNN/cuBLAS), or Python's MemoryError."""
+    if isinstance(error, MemoryError):
+        return True
+    torch = sys.modules.get("torch")
+    oom = getattr(torch, "OutOfMemoryError", None) if torch is not None else None
+    if oom is not None and isinstance(error, oom):
+        return True
+    return isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
+
+
+def _release_memory() -> None:
+    """Free what a failed job left behind: unreachable tensors, then the CUDA allocator cache."""
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+GiveUp = Literal["dequeued", "running", "finished"]
 
 
 @dataclass(eq=False)
@@ -111,16 +140,33 @@ class Worker:
 
         Returns True when the job will not deliver a result (False if it had finished already).
         """
+        return self.give_up(future) != "finished"
+
+    def give_up(self, future: concurrent.futures.Future) -> GiveUp:
+        """`cancel`, saying what became of the job:
+
+        * "dequeued": it had not started and never will;
+        * "running": it had started; it stops at its next denoising step, or, in work without
+          steps (encoders, the MoVQ decode), runs to its end and its result is dropped;
+        * "finished": it had ended already (its future holds the result or the error).
+        """
         with self._lock:
             for job in self._waiting:
                 if job.future is future:
                     self._waiting.remove(job)
                     future.cancel()
-                    return True
+                    return "dequeued"
             if self._running is not None and self._running.future is future:
                 self._running.abort.set()
-                return True
-        return future.cancel()
+                return "running"
+        return "dequeued" if future.cancel() else "finished"
+
+    def running_for(self) -> float | None:
+        """Seconds the running job has been running, or None when the worker is idle."""
+        with self._lock:
+            if self._running is None:
+                return None
+            return time.monotonic() - self._started_at
 
     @property
     def pending(self) -> int:
@@ -139,7 +185,13 @@ class Worker:
         return self._closed
 
     def estimate_wait(self) -> float:
-        """Seconds until a job submitted now would likely start (a rough guess, at least 1)."""
+        """Seconds until a job submitted now would likely start (a rough guess, at least 1).
+
+        Each waiting job counts as the mean duration of the recent finished jobs (5 s before
+        any finished). The running job counts as what is left of that mean while it is on
+        schedule; once it runs longer than the mean (a big size, a job stuck in its decode),
+        it is guessed to need as long again as it has run so far, at most `timeout_s`.
+        """
         with self._lock:
             return self._estimate_wait_locked()
 
@@ -167,7 +219,8 @@ class Worker:
         mean = self._mean_s if self._done else 5.0
         left = 0.0
         if self._running is not None:
-            left = max(mean - (time.monotonic() - self._started_at), 0.0)
+            elapsed = time.monotonic() - self._started_at
+            left = mean - elapsed if elapsed < mean else min(elapsed, self.timeout_s)
         return max(1.0, left + mean * len(self._waiting))
 
     def _loop(self) -> None:
@@ -190,9 +243,14 @@ class Worker:
                 if not isinstance(e, Exception):
                     log.exception("job %s stopped by %r", job.mode, e)
                 error = e
+                if is_out_of_memory(e):  # its frames hold the tensors: drop them, then free
+                    log.warning("job %s ran out of memory: %s", job.mode, e)
+                    error = e.with_traceback(None)
+                    error.__context__ = error.__cause__ = None
+                    _release_memory()
             with self._lock:  # finished before the caller hears of it (pending is exact)
                 self._running = None
-                if error is None and not job.abort.is_set():
+                if error is None:  # a finished job counts even if its caller gave up on it
                     self._done += 1
                     elapsed = time.monotonic() - self._started_at
                     self._mean_s += (elapsed - self._mean_s) / min(self._done, 20)
