@@ -212,10 +212,19 @@ def load_pipeline(args: argparse.Namespace, inpainting: bool = False):
     from kandinsky.pipeline import Kandinsky21
 
     if args.model == "demo":
-        raise KandinskyError(
-            "the demo model is not shipped yet; pass --model with a folder or a hub repo id "
-            "(e.g. kandinsky-community/kandinsky-2-1), or try `kandinsky selftest`"
-        )
+        from pathlib import Path
+
+        weights = Path(__file__).resolve().parent / "demo" / "weights"
+        if not (weights / "kandinsky-2-1" / "model_index.json").is_file():
+            raise KandinskyError(
+                f"the demo weights are missing from {weights}; rebuild them with "
+                "`kandinsky demo train`, or pass --model with a folder or a hub repo id"
+            )
+        args.model = str(weights)
+        inpainting = True
+        for key in ("height", "width"):  # the demo model draws 64×64; 512 is the CLI default
+            if getattr(args, key, None) == 512:
+                setattr(args, key, 64)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = args.dtype or ("fp16" if device.startswith("cuda") else "fp32")
     bar = None
@@ -326,6 +335,21 @@ def run_generate(args: argparse.Namespace) -> int:
     return code
 
 
+_REPRODUCED = (
+    "num_images",
+    "negative_prompt",
+    "negative_prior_prompt",
+    "height",
+    "width",
+    "guidance_scale",
+    "num_steps",
+    "sampler",
+    "prior_guidance_scale",
+    "prior_steps",
+    "prior_sampler",
+)
+
+
 def _regenerate(args: argparse.Namespace, started: float) -> int:
     from kandinsky.results import read_params
 
@@ -339,24 +363,25 @@ def _regenerate(args: argparse.Namespace, started: float) -> int:
         args.model = params["model"]
     if not args.lora and params.get("loras"):
         args.lora = [f"{path}:{scale}" for path, scale in params["loras"]]
+    if "prompt" not in params or "seed" not in params:
+        raise InvalidInput(f"{args.from_png}: its kandinsky parameters lack the prompt or the seed")
+    # keys missing from an older or hand-edited PNG take the API's defaults
+    options = {key: params[key] for key in _REPRODUCED if key in params}
     pipe = load_pipeline(args)
-    result = pipe.text2img(
-        params.get("batch_prompts", [params["prompt"]]),
-        num_images=params.get("num_images", 1),
-        negative_prompt=params.get("negative_prompt", ""),
-        negative_prior_prompt=params.get("negative_prior_prompt", ""),
-        seed=params.get("batch_seeds", [params["seed"]]),
-        height=params["height"],
-        width=params["width"],
-        guidance_scale=params["guidance_scale"],
-        num_steps=params["num_steps"],
-        sampler=params["sampler"],
-        prior_guidance_scale=params["prior_guidance_scale"],
-        prior_steps=params["prior_steps"],
-        prior_sampler=params["prior_sampler"],
-        progress=not args.no_progress,
-    )
+    try:
+        result = pipe.text2img(
+            params.get("batch_prompts", [params["prompt"]]),
+            seed=params.get("batch_seeds", [params["seed"]]),
+            progress=not args.no_progress,
+            **options,
+        )
+    except TypeError as e:
+        raise InvalidInput(f"{args.from_png}: its kandinsky parameters are malformed ({e})") from e
     index = params.get("batch_index", 0)  # the batch is rerun as it was; keep the asked image
+    if not isinstance(index, int) or not 0 <= index < len(result.images):
+        raise InvalidInput(
+            f"{args.from_png}: batch_index {index!r} is not in the regenerated batch"
+        )
     result.images, result.params, result.seeds = (
         [result.images[index]],
         [result.params[index]],
@@ -367,7 +392,7 @@ def _regenerate(args: argparse.Namespace, started: float) -> int:
 
 def run_mix(args: argparse.Namespace) -> int:
     started = time.perf_counter()
-    items = [item if not Path(item).is_file() else _open_image(item) for item in args.items]
+    items = [_mix_item(item) for item in args.items]
     pipe = load_pipeline(args)
     result = pipe.mix(
         items,
@@ -378,6 +403,20 @@ def run_mix(args: argparse.Namespace) -> int:
         **common_options(args),
     )
     return _save(result, args, started)
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
+
+def _mix_item(item: str):
+    """An existing file is an image; a path-like word that is not there is a typo, not a text."""
+    if Path(item).is_file():
+        return _open_image(item)
+    if item.lower().endswith(IMAGE_SUFFIXES) and " " not in item:
+        raise InvalidInput(
+            f"image file not found: {item} (to mix it as text, write it with a space or no file suffix)"
+        )
+    return item
 
 
 def run_vary(args: argparse.Namespace) -> int:

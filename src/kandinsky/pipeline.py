@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -80,6 +81,16 @@ class Kandinsky21:
         )
         return cls(parts, model_id, {"source": source, **options})
 
+    @classmethod
+    def demo(
+        cls, device: str | torch.device = "cpu", dtype: str | torch.dtype = "fp32"
+    ) -> Kandinsky21:
+        """The small demo model shipped in the package (64×64 scenes of shapes; offline)."""
+        from pathlib import Path
+
+        weights = Path(__file__).resolve().parent / "demo" / "weights"
+        return cls.from_pretrained(weights, device=device, dtype=dtype, inpainting=True)
+
     # ------------------------------------------------------------------ modes
 
     def text2img(
@@ -113,10 +124,12 @@ class Kandinsky21:
         out = text2img_mode.text2img(
             job,
             _repeat(prompts, num_images),
-            image_embeds=_optional(image_embeds),
-            negative_image_embeds=_optional(negative_image_embeds),
+            image_embeds=_optional(image_embeds, self._clip_dim, "image_embeds"),
+            negative_image_embeds=_optional(
+                negative_image_embeds, self._clip_dim, "negative_image_embeds"
+            ),
             latents=latents,
-            prior_latents=prior_latents,
+            prior_latents=self._check_prior_latents(prior_latents, len(seeds)),
         )
         return self._result("text2img", out, seeds, params, output_type)
 
@@ -164,6 +177,7 @@ class Kandinsky21:
         *,
         prompt: str = "",
         negative_prompt: str = "",
+        negative_prior_prompt: str = "",
         num_images: int = 1,
         seed: int | Sequence[int] | None = None,
         generator: torch.Generator | Sequence[torch.Generator] | None = None,
@@ -230,8 +244,10 @@ class Kandinsky21:
             _repeat(prompts, num_images),
             strength,
             strength_convention,
-            image_embeds=_optional(image_embeds),
-            negative_image_embeds=_optional(negative_image_embeds),
+            image_embeds=_optional(image_embeds, self._clip_dim, "image_embeds"),
+            negative_image_embeds=_optional(
+                negative_image_embeds, self._clip_dim, "negative_image_embeds"
+            ),
         )
         return self._result("img2img", out, seeds, params, output_type)
 
@@ -326,8 +342,10 @@ class Kandinsky21:
             keep,
             _repeat(prompts, num_images),
             paste_back=paste_back,
-            image_embeds=_optional(image_embeds),
-            negative_image_embeds=_optional(negative_image_embeds),
+            image_embeds=_optional(image_embeds, self._clip_dim, "image_embeds"),
+            negative_image_embeds=_optional(
+                negative_image_embeds, self._clip_dim, "negative_image_embeds"
+            ),
             latents=latents,
         )
         return self._result("inpaint", out, seeds, params, output_type)
@@ -361,8 +379,14 @@ class Kandinsky21:
         source = _input_image(image)
         grow = canvas_extension(source, extend, size)
         check.positive_int(max_step, "max_step", 4096)
-        if not 0 <= overlap <= 64:
-            raise InvalidInput(f"overlap must be between 0 and 64 pixels, got {overlap}")
+        if (
+            isinstance(overlap, bool)
+            or not isinstance(overlap, numbers.Integral)
+            or not 0 <= overlap <= 64
+        ):
+            raise InvalidInput(
+                f"overlap must be an integer between 0 and 64 pixels, got {overlap!r}"
+            )
         prompts = check.prompts(prompt)
         height, width = source.height + grow[1] + grow[3], source.width + grow[0] + grow[2]
         self._ensure_inpainting()
@@ -392,7 +416,11 @@ class Kandinsky21:
         """(image_embeds, negative_image_embeds), each (B, 768): reuse them in any decoder mode."""
         prompts = check.prompts(prompt)
         job, _, _ = self._job(locals(), prompts, num_images)
-        positive = prior_embeds(job, _repeat(prompts, num_images), prior_latents)
+        positive = prior_embeds(
+            job,
+            _repeat(prompts, num_images),
+            self._check_prior_latents(prior_latents, len(prompts) * num_images),
+        )
         return positive, negative_embeds(job)
 
     # ------------------------------------------------------------------ LoRA
@@ -539,6 +567,23 @@ class Kandinsky21:
             extras=out.extras,
         )
 
+    @property
+    def _clip_dim(self) -> int:
+        return self.parts.config.prior.clip_dim
+
+    def _check_prior_latents(self, latents: torch.Tensor | None, count: int) -> torch.Tensor | None:
+        shape = (count, self._clip_dim)
+        if latents is not None and (
+            not isinstance(latents, torch.Tensor) or tuple(latents.shape) != shape
+        ):
+            got = (
+                tuple(latents.shape)
+                if isinstance(latents, torch.Tensor)
+                else type(latents).__name__
+            )
+            raise InvalidInput(f"prior_latents must be a tensor of shape {shape}; got {got}")
+        return latents
+
     def _device_dtype(self) -> tuple[torch.device, torch.dtype]:
         param = (
             next(self.parts.unet.parameters()) if self.parts.unet is not None else torch.empty(0)
@@ -599,9 +644,20 @@ def _repeat(items: list[str], times: int) -> list[str]:
     return [item for item in items for _ in range(times)]
 
 
-def _optional(embeds: torch.Tensor | None) -> torch.Tensor | None:
-    if embeds is not None and not isinstance(embeds, torch.Tensor):
-        raise InvalidInput(f"image embeddings must be torch tensors, got {type(embeds).__name__}")
+def _optional(
+    embeds: torch.Tensor | None, width: int | None = None, name: str = "image_embeds"
+) -> torch.Tensor | None:
+    """Given embeddings: a tensor (D,) or (N, D) whose D is the model's CLIP width."""
+    if embeds is None:
+        return None
+    if not isinstance(embeds, torch.Tensor):
+        raise InvalidInput(f"{name} must be a torch tensor, got {type(embeds).__name__}")
+    if width is not None and (embeds.ndim not in (1, 2) or embeds.shape[-1] != width):
+        raise InvalidInput(
+            f"{name} has shape {tuple(embeds.shape)}; this model's embeddings are (N, {width})"
+        )
+    if not torch.isfinite(embeds).all():
+        raise InvalidInput(f"{name} contains NaN or infinite values")
     return embeds
 
 
@@ -620,23 +676,22 @@ def _default_size(image: Any, height: int | None, width: int | None) -> tuple[in
 
 
 def canvas_extension(
-    image: Any, extend: tuple[int, int, int, int] | None, size: tuple[int, int] | None
+    image: Any, extend: Sequence[int] | None, size: Sequence[int] | None
 ) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) growth for outpainting, the canvas rounded up to multiples of 8."""
     if (extend is None) == (size is None):
         raise InvalidInput(
             "give exactly one of extend=(left, top, right, bottom) or size=(width, height)"
         )
     if size is not None:
-        if len(size) != 2 or size[0] < image.width or size[1] < image.height:
+        size = _pixel_counts(size, 2, "size", "(width, height)")
+        if size[0] < image.width or size[1] < image.height:
             raise InvalidInput(
                 f"size {size} must be (width, height) at least the image's {image.width}×{image.height}"
             )
         dx, dy = size[0] - image.width, size[1] - image.height
         extend = (dx // 2, dy // 2, dx - dx // 2, dy - dy // 2)
-    if len(extend) != 4 or any((not isinstance(v, int)) or v < 0 for v in extend):
-        raise InvalidInput(
-            f"extend must be four non-negative pixel counts (left, top, right, bottom), got {extend}"
-        )
+    extend = _pixel_counts(extend, 4, "extend", "(left, top, right, bottom)")
     if not any(extend):
         raise InvalidInput("extend is all zeros; nothing to outpaint")
     left, top, right, bottom = extend
@@ -645,6 +700,19 @@ def canvas_extension(
     bottom += (-(image.height + top + bottom)) % 8
     check_generation_size(image.height + top + bottom, image.width + left + right)
     return left, top, right, bottom
+
+
+def _pixel_counts(values: Any, count: int, name: str, layout: str) -> tuple[int, ...]:
+    """`count` non-negative integers (numpy integers welcome)."""
+    if isinstance(values, str) or not isinstance(values, Sequence) or len(values) != count:
+        raise InvalidInput(
+            f"{name} must be {count} non-negative pixel counts {layout}, got {values!r}"
+        )
+    if any(isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 0 for v in values):
+        raise InvalidInput(
+            f"{name} must be {count} non-negative pixel counts {layout}, got {values!r}"
+        )
+    return tuple(int(v) for v in values)
 
 
 def _stage_callback(stage: str, callback: ProgressCallback | None, progress: bool):
