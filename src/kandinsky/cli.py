@@ -79,11 +79,13 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--debug", action="store_true", help="show tracebacks")
         return sub
 
+    from kandinsky.cli_demo import add_commands as add_demo_commands
     from kandinsky.cli_generate import add_commands
     from kandinsky.cli_train import add_commands as add_train_commands
 
     add_commands(commands, command)
     add_train_commands(commands, command)
+    add_demo_commands(commands, command)
 
     convert = command(
         "convert", "Convert weights (original or diffusers layout) to diffusers folders."

@@ -1,0 +1,161 @@
+"""The demo model: `DEMO` (a small Kandinsky 2.1 of the same architecture family) and `DemoPlan`.
+
+Every width that diffusers ties together is one number here, `D` = 128: the CLIP projection,
+the CLIP text width (the prior reads its token states), the prior's clip_dim, M-CLIP's
+output, and the UNet's image-embedding / pooled-text / cross-attention widths.
+Images are 64×64; MoVQ has 4 levels (downscale 8), so latents are 8×8 and the 3-level UNet
+runs at 8, 4 and 2 pixels.
+
+`DemoPlan.full()` is sized for ≤ 3 h on one free CPU core (torch threads = free cores; see
+docs/demo/report.md for measured timings);
+`DemoPlan.quick()` runs in about two minutes and only proves the plumbing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+
+from kandinsky.config import (
+    CLIPConfig,
+    CLIPTowerConfig,
+    ModelConfig,
+    MoVQConfig,
+    PriorConfig,
+    TextEncoderConfig,
+    UNetConfig,
+)
+
+D = 128  # the shared embedding width (see module docstring)
+IMAGE_SIZE = 64
+CLIP_VOCAB = 1024  # byte-level BPE over the captions (256 bytes + merges + specials)
+MCLIP_VOCAB = 512  # SentencePiece Unigram over the captions (XLM-R specials + <mask>)
+
+_UNET = UNetConfig(
+    in_channels=4,
+    out_channels=8,
+    model_channels=48,
+    channel_mult=(1, 2, 2),
+    num_res_blocks=1,
+    attention_levels=(1, 2),
+    head_channels=24,
+    cross_attention_dim=D,
+    text_dim=128,  # M-CLIP hidden size
+    pooled_text_dim=D,
+    image_embed_dim=D,
+    num_image_tokens=10,
+    norm_groups=16,
+)
+
+DEMO = ModelConfig(
+    unet=_UNET,
+    inpaint_unet=replace(_UNET, in_channels=9),
+    prior=PriorConfig(width=192, num_layers=4, num_heads=4, clip_dim=D, text_ctx=48),
+    movq=MoVQConfig(
+        widths=(32, 32, 64, 64), layers_per_block=1, latent_channels=4, num_embeddings=256
+    ),
+    text_encoder=TextEncoderConfig(
+        vocab_size=MCLIP_VOCAB,
+        hidden_size=128,
+        num_layers=3,
+        num_heads=4,
+        intermediate_size=512,
+        max_position_embeddings=80,  # 77 tokens + XLM-R's position offset of 2
+        out_dim=D,
+        max_length=77,
+    ),
+    clip=CLIPConfig(
+        text=CLIPTowerConfig(
+            hidden_size=D,
+            num_layers=3,
+            num_heads=4,
+            intermediate_size=512,
+            projection_dim=D,
+            vocab_size=CLIP_VOCAB,
+            max_position_embeddings=48,  # = prior.text_ctx; captions have ≤ 40 BPE tokens
+        ),
+        vision=CLIPTowerConfig(
+            hidden_size=128,
+            num_layers=3,
+            num_heads=4,
+            intermediate_size=512,
+            projection_dim=D,
+            image_size=IMAGE_SIZE,
+            patch_size=8,
+        ),
+    ),
+)
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    """One trainer run: optimizer steps, batch size, learning rate."""
+
+    steps: int
+    batch_size: int
+    lr: float
+
+
+@dataclass(frozen=True)
+class DemoPlan:
+    """Everything `train_demo` does, sized. `quick()` for tests/CI, `full()` for the shipped model."""
+
+    name: str
+    seed: int = 0
+    image_size: int = IMAGE_SIZE
+    train_images: int = 20000
+    heldout_images: int = 500
+    clip: StagePlan = StagePlan(1500, 128, 1e-3)
+    mclip: StagePlan = StagePlan(1500, 64, 1e-3)
+    movq: StagePlan = StagePlan(4000, 16, 1e-3)
+    prior: StagePlan = StagePlan(4000, 64, 3e-4)
+    decoder: StagePlan = StagePlan(8000, 32, 4e-4)
+    inpaint: StagePlan = StagePlan(3000, 32, 2e-4)
+    judge_steps: int = 2000
+    judge_pool: int = 12000
+    checkpoint_every: int = 500
+    eval_prompts: int = 64  # per gate in the report's eval
+    sample_steps: int = 25  # decoder DDIM steps for samples and eval
+    prior_steps: int = 25
+    guidance_scale: float = 4.0
+    prior_guidance_scale: float = 4.0
+
+    @classmethod
+    def full(cls) -> DemoPlan:
+        return cls(name="full")
+
+    @classmethod
+    def quick(cls) -> DemoPlan:
+        return cls(
+            name="quick",
+            train_images=256,
+            heldout_images=32,
+            clip=StagePlan(30, 32, 1e-3),
+            mclip=StagePlan(30, 32, 1e-3),
+            movq=StagePlan(6, 8, 1e-3),
+            prior=StagePlan(6, 8, 5e-4),
+            decoder=StagePlan(6, 8, 5e-4),
+            inpaint=StagePlan(6, 8, 5e-4),
+            judge_steps=20,
+            judge_pool=256,
+            checkpoint_every=4,
+            eval_prompts=4,
+            sample_steps=4,
+            prior_steps=4,
+        )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def count_parameters(config: ModelConfig = DEMO) -> dict[str, int]:
+    """Parameters per network of `config` (built on the meta device: no memory)."""
+    import torch
+
+    from kandinsky.checkpoints.layouts import NETWORKS
+    from kandinsky.loading import build_network
+
+    counts = {}
+    with torch.device("meta"):
+        for name in NETWORKS:
+            counts[name] = sum(p.numel() for p in build_network(name, config).parameters())
+    return counts

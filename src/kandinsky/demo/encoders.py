@@ -1,0 +1,346 @@
+"""Stand-ins for the frozen encoders, trained by us with the originals' recipes.
+
+- `train_clip_tokenizer`: byte-level BPE (CLIP's pre-tokenisation, "</w>" word ends) trained
+  with `tokenizers` on the captions; loads as `CLIPTokenizerFast`, pads with "!" (id 0) like
+  Kandinsky's, and <|endoftext|> has the largest id so the text tower pools at argmax(ids).
+- `train_mclip_tokenizer`: Unigram (SentencePiece-style, Metaspace) with XLM-R's special
+  tokens <s>=0 <pad>=1 </s>=2 <unk>=3 (+ <mask>), loads as `XLMRobertaTokenizerFast`.
+- `train_clip`: the tiny CLIP (transformers' CLIP text + vision towers with projections),
+  symmetric InfoNCE with a learnable temperature, on images with EN and RU captions
+  (a fresh caption of the image's scene every time it is drawn).
+- `distill_mclip`: the tiny M-CLIP (`MultilingualCLIP`) learns, by MSE, to map both the EN
+  and the RU caption of a scene to the frozen CLIP text embedding of the EN caption — the
+  teacher learning M-CLIP itself was made with.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kandinsky.config import ModelConfig
+from kandinsky.demo import data
+from kandinsky.demo.config import StagePlan
+
+Log = Callable[[str], None]
+CLIP_PATTERN = r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
+
+
+# ---------------------------------------------------------------------------- tokenizers
+
+
+def _byte_symbols() -> list[str]:
+    from kandinsky.testing import _byte_symbols as symbols
+
+    return symbols()
+
+
+def train_clip_tokenizer(captions: Sequence[str], folder: str | Path, vocab_size: int):
+    """Train a CLIP-style byte-level BPE on `captions`, save it in `folder`, return it (fast)."""
+    from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from transformers import CLIPTokenizerFast
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    base = _byte_symbols()
+    tok = Tokenizer(models.BPE(end_of_word_suffix="</w>"))
+    tok.normalizer = normalizers.Sequence(
+        [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()]
+    )
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(CLIP_PATTERN), behavior="removed", invert=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False),
+        ]
+    )
+    n_merges = vocab_size - 2 * len(base) - 2
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,  # upper bound; we cut the merges below
+        initial_alphabet=base,
+        end_of_word_suffix="</w>",
+        show_progress=False,
+    )
+    tok.train_from_iterator(list(captions), trainer)
+    merges = json.loads(tok.to_str())["model"]["merges"]
+    merges = [m if isinstance(m, str) else " ".join(m) for m in merges][: max(0, n_merges)]
+    tokens = base + [c + "</w>" for c in base]
+    seen = set(tokens)
+    for merge in merges:
+        a, b = merge.split(" ")
+        if a + b not in seen:
+            seen.add(a + b)
+            tokens.append(a + b)
+    tokens += ["<|startoftext|>", "<|endoftext|>"]  # endoftext last: the largest id
+    vocab = {t: i for i, t in enumerate(tokens)}
+    if len(vocab) > vocab_size:
+        raise ValueError(f"CLIP vocabulary of {len(vocab)} exceeds {vocab_size}")
+    raw = folder / "_bpe"
+    raw.mkdir(exist_ok=True)
+    (raw / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    (raw / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+    tokenizer = CLIPTokenizerFast(
+        vocab=str(raw / "vocab.json"),
+        merges=str(raw / "merges.txt"),
+        pad_token="!",
+        model_max_length=77,
+    )
+    tokenizer.save_pretrained(str(folder))
+    for f in raw.iterdir():
+        f.unlink()
+    raw.rmdir()
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(folder))
+
+
+def train_mclip_tokenizer(captions: Sequence[str], folder: str | Path, vocab_size: int):
+    """An XLM-R style tokenizer: a SentencePiece Unigram model trained on `captions` (ids <
+    `vocab_size`; SentencePiece may keep fewer pieces on a small corpus), wrapped as
+    `XLMRobertaTokenizerFast` like `kandinsky.testing.xlmr_tokenizer`, saved in `folder`
+    and returned as loaded from there. Cased, like XLM-R: the corpus gets capitalised
+    variants so sentence-initial capitals have pieces."""
+    import io
+
+    import sentencepiece as spm
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import XLMRobertaTokenizerFast
+
+    proto = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter([*captions, *(capitalize(c) for c in captions)]),
+        model_writer=proto,
+        vocab_size=vocab_size - 1,  # + <mask>
+        model_type="unigram",
+        character_coverage=1.0,
+        hard_vocab_limit=False,
+        bos_id=0,
+        pad_id=1,
+        eos_id=2,
+        unk_id=3,
+        normalization_rule_name="identity",
+        minloglevel=2,
+    )
+    sp = spm.SentencePieceProcessor(model_proto=proto.getvalue())
+    pieces = [(sp.id_to_piece(i), float(sp.get_score(i))) for i in range(sp.get_piece_size())]
+    tok = Tokenizer(models.Unigram(pieces, unk_id=3))
+    # what XLMRobertaTokenizerFast rebuilds on load: no normalizer, whitespace + Metaspace
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Metaspace()]
+    )
+    tok.decoder = decoders.Metaspace()
+    tok.add_special_tokens(["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>",
+        pair="<s> $A </s> </s> $B </s>",
+        special_tokens=[("<s>", 0), ("</s>", 2)],
+    )
+    XLMRobertaTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        sep_token="</s>",
+        cls_token="<s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        mask_token="<mask>",
+        model_max_length=77,
+    ).save_pretrained(str(folder))
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(folder))
+
+
+def capitalize(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def caption_corpus(scenes: Sequence[data.Scene], seed: int, per_scene: int = 2) -> list[str]:
+    """EN and RU captions of `scenes` (`per_scene` of each language), for tokenizer training."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for scene in scenes:
+        for _ in range(per_scene):
+            out.append(data.caption(scene, "en", rng))
+            out.append(data.caption(scene, "ru", rng))
+    return out
+
+
+# ---------------------------------------------------------------------------- CLIP
+
+
+class ClipPair(nn.Module):
+    """The two towers and CLIP's learnable temperature (log of 1/τ, init 1/0.07)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        from kandinsky.models.clip import build_text_tower, build_vision_tower
+
+        self.text = build_text_tower(config.clip)
+        self.vision = build_vision_tower(config.clip)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+
+    def forward(self, input_ids: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
+        text = F.normalize(self.text(input_ids=input_ids).text_embeds, dim=-1)
+        image = F.normalize(self.vision(pixel_values=pixels).image_embeds, dim=-1)
+        return self.logit_scale.clamp(max=math.log(100)).exp() * image @ text.t()
+
+
+def contrastive_loss(logits: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE over an (images × texts) similarity matrix with matches on the diagonal."""
+    target = torch.arange(logits.shape[0], device=logits.device)
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
+
+
+def clip_input(images: torch.Tensor, config: ModelConfig) -> torch.Tensor:
+    """uint8 (B, H, W, 3) or float [-1, 1] (B, 3, H, W) → the vision tower's normalised input."""
+    from kandinsky.training.losses import clip_pixels
+
+    if images.dtype == torch.uint8:
+        images = images.permute(0, 3, 1, 2).float() / 127.5 - 1
+    clip = config.clip
+    return clip_pixels(images, clip.vision.image_size, clip.image_mean, clip.image_std)
+
+
+def _tokens(tokenizer, texts: Sequence[str], max_length: int) -> dict[str, torch.Tensor]:
+    return tokenizer(
+        list(texts), padding="longest", max_length=max_length, truncation=True, return_tensors="pt"
+    )
+
+
+def _adamw(params, lr: float, steps: int) -> tuple[torch.optim.Optimizer, object]:
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
+    warm = max(1, min(100, steps // 10))
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, steps - warm))))
+
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def train_clip(
+    images: torch.Tensor,
+    scenes: Sequence[data.Scene],
+    tokenizer,
+    config: ModelConfig,
+    plan: StagePlan,
+    seed: int,
+    log: Log = print,
+) -> tuple[ClipPair, list[float]]:
+    """Contrastive training of the tiny CLIP; `images` uint8 (N, H, W, 3). Returns (model, losses)."""
+    torch.manual_seed(seed)
+    model = ClipPair(config).train()
+    opt, sched = _adamw(model.parameters(), plan.lr, plan.steps)
+    rng = np.random.default_rng(seed)
+    max_len = config.prior.text_ctx
+    losses, start = [], time.perf_counter()
+    for step in range(plan.steps):
+        idx = rng.choice(len(scenes), size=min(plan.batch_size, len(scenes)), replace=False)
+        texts = [data.caption(scenes[i], "en" if rng.random() < 0.5 else "ru", rng) for i in idx]
+        ids = _tokens(tokenizer, texts, max_len)["input_ids"]
+        batch = torch.from_numpy(images[idx]) if isinstance(images, np.ndarray) else images[idx]
+        loss = contrastive_loss(model(ids, clip_input(batch, config)))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        if (step + 1) % 50 == 0 or step + 1 == plan.steps:
+            rate = (step + 1) / (time.perf_counter() - start)
+            log(
+                f"clip step {step + 1}/{plan.steps} loss {np.mean(losses[-50:]):.4f} ({rate:.2f} it/s)"
+            )
+    return model.eval(), losses
+
+
+@torch.no_grad()
+def clip_text_embeds(
+    text_tower: nn.Module, tokenizer, texts: Sequence[str], max_length: int
+) -> torch.Tensor:
+    ids = _tokens(tokenizer, texts, max_length)["input_ids"]
+    return text_tower(input_ids=ids).text_embeds
+
+
+# ---------------------------------------------------------------------------- M-CLIP
+
+
+def distill_mclip(
+    scenes: Sequence[data.Scene],
+    teacher: nn.Module,
+    teacher_tokenizer,
+    tokenizer,
+    config: ModelConfig,
+    plan: StagePlan,
+    seed: int,
+    log: Log = print,
+) -> tuple[nn.Module, list[float]]:
+    """Teacher learning: student(EN) ≈ teacher(EN) and student(RU) ≈ teacher(EN), by MSE."""
+    from kandinsky.models.text_encoder import MultilingualCLIP
+
+    torch.manual_seed(seed)
+    student = MultilingualCLIP(config.text_encoder).train()
+    teacher = teacher.eval().requires_grad_(False)
+    opt, sched = _adamw(student.parameters(), plan.lr, plan.steps)
+    rng = np.random.default_rng(seed + 1)
+    losses, start = [], time.perf_counter()
+    max_len = config.text_encoder.max_length
+    for step in range(plan.steps):
+        idx = rng.choice(len(scenes), size=min(plan.batch_size, len(scenes)), replace=False)
+        en, ru = [], []
+        for i in idx:
+            # one draw of the templates per language; both describe the same scene
+            en.append(data.caption(scenes[i], "en", rng))
+            ru.append(data.caption(scenes[i], "ru", rng))
+        # users capitalise; the teacher (lower-casing BPE) does not care, the student learns to
+        student_en = [capitalize(t) if rng.random() < 0.3 else t for t in en]
+        student_ru = [capitalize(t) if rng.random() < 0.3 else t for t in ru]
+        target = clip_text_embeds(teacher, teacher_tokenizer, en, config.prior.text_ctx)
+        tokens = _tokens(tokenizer, student_en + student_ru, max_len)
+        pooled = student(tokens["input_ids"], tokens["attention_mask"])[1]
+        loss = F.mse_loss(pooled, torch.cat([target, target]))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        if (step + 1) % 50 == 0 or step + 1 == plan.steps:
+            rate = (step + 1) / (time.perf_counter() - start)
+            log(
+                f"mclip step {step + 1}/{plan.steps} mse {np.mean(losses[-50:]):.5f} ({rate:.2f} it/s)"
+            )
+    return student.eval(), losses
+
+
+@torch.no_grad()
+def mclip_pooled(
+    student: nn.Module, tokenizer, texts: Sequence[str], max_length: int = 77
+) -> torch.Tensor:
+    tokens = _tokens(tokenizer, texts, max_length)
+    return student(tokens["input_ids"], tokens["attention_mask"])[1]
+
+
+def cross_lingual_margin(
+    student: nn.Module, tokenizer, scenes: Sequence[data.Scene], seed: int
+) -> tuple[float, float]:
+    """(mean cosine of EN/RU captions of the same scene, mean cosine across different scenes)."""
+    rng = np.random.default_rng(seed)
+    en = [data.caption(s, "en", rng) for s in scenes]
+    ru = [data.caption(s, "ru", rng) for s in scenes]
+    a = F.normalize(mclip_pooled(student, tokenizer, en), dim=-1)
+    b = F.normalize(mclip_pooled(student, tokenizer, ru), dim=-1)
+    sim = a @ b.t()
+    n = len(scenes)
+    same = sim.diag().mean().item()
+    other = (sim.sum() - sim.diag().sum()).item() / max(1, n * n - n)
+    return same, other

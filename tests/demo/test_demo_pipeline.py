@@ -1,0 +1,114 @@
+"""The demo model's training pipeline: the quick plan end to end, and the encoders' recipes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from kandinsky.demo import data, encoders
+from kandinsky.demo.config import DEMO, DemoPlan, StagePlan, count_parameters
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    examples = list(data.generate(128, seed=3, size=64))
+    scenes = [e.scene for e in examples]
+    images = np.stack([np.asarray(e.image) for e in examples])
+    return images, scenes
+
+
+@pytest.fixture(scope="module")
+def tokenizers(corpus, tmp_path_factory):
+    _, scenes = corpus
+    folder = tmp_path_factory.mktemp("tok")
+    text = encoders.caption_corpus(scenes, seed=0)
+    clip_tok = encoders.train_clip_tokenizer(text, folder / "clip", 1024)
+    mclip_tok = encoders.train_mclip_tokenizer(text, folder / "mclip", 512)
+    return clip_tok, mclip_tok
+
+
+def test_demo_config_fits_the_weight_budget():
+    counts = count_parameters(DEMO)
+    # fp16, with MoVQ and M-CLIP stored in two pipeline folders each (diffusers layout)
+    size = 2 * (sum(counts.values()) + counts["movq"] + counts["text_encoder"])
+    assert size <= 30e6
+
+
+def test_tokenizers_behave_like_clip_and_xlmr(tokenizers):
+    clip_tok, mclip_tok = tokenizers
+    ids = clip_tok(["a red circle", ""], padding="max_length", max_length=12).input_ids
+    assert ids[0][0] == len(clip_tok) - 2 and ids[1][:2] == [len(clip_tok) - 2, len(clip_tok) - 1]
+    assert ids[1][2:] == [0] * 10  # padded with "!" (id 0); <|endoftext|> is the largest id
+    assert max(max(row) for row in ids) == len(clip_tok) - 1 <= DEMO.clip.text.vocab_size - 1
+    assert clip_tok("Красный КРУГ").input_ids == clip_tok("красный круг").input_ids
+    x = mclip_tok(["красный круг", "Красный круг"], padding="max_length", max_length=12)
+    assert x.input_ids[0][0] == 0 and 2 in x.input_ids[0] and x.input_ids[0][-1] == 1
+    assert 3 not in x.input_ids[1]  # capitalised words are known pieces, not <unk>
+    assert len(mclip_tok) <= DEMO.text_encoder.vocab_size
+
+
+def test_contrastive_loss_falls(corpus, tokenizers):
+    images, scenes = corpus
+    clip_tok, _ = tokenizers
+    torch.set_num_threads(1)
+    _, losses = encoders.train_clip(
+        images, scenes, clip_tok, DEMO, StagePlan(60, 32, 2e-3), seed=0, log=lambda _: None
+    )
+    assert np.mean(losses[-10:]) < 0.85 * np.mean(losses[:10])
+
+
+def test_distillation_brings_languages_together(corpus, tokenizers):
+    _, scenes = corpus
+    clip_tok, mclip_tok = tokenizers
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    teacher = encoders.ClipPair(DEMO).text.eval()  # any fixed teacher separates the scenes
+    student, losses = encoders.distill_mclip(
+        scenes,
+        teacher,
+        clip_tok,
+        mclip_tok,
+        DEMO,
+        StagePlan(80, 32, 2e-3),
+        seed=0,
+        log=lambda _: None,
+    )
+    assert losses[-1] < losses[0]
+    same, other = encoders.cross_lingual_margin(student, mclip_tok, scenes[:32], seed=1)
+    assert same > other + 0.05
+
+
+def test_quick_plan_end_to_end(tmp_path):
+    from kandinsky.demo.train import stage_times, train_demo
+    from kandinsky.pipeline import Kandinsky21
+
+    out = tmp_path / "run"
+    model = train_demo(out, DemoPlan.quick(), threads=1, log=lambda _: None)
+    weights = out / "weights"
+    size = sum(f.stat().st_size for f in weights.rglob("*") if f.is_file())
+    assert size <= 30e6
+    assert set(stage_times(out)) >= {"data", "encoders", "movq", "prior", "decoder", "inpaint"}
+    report = out / "docs" / "report.md"
+    assert "| text2img EN 1-object adherence |" in report.read_text(encoding="utf-8")
+    for name in ("clip", "mclip", "movq", "prior", "decoder", "inpaint"):
+        assert (out / "docs" / f"loss_{name}.png").is_file()
+
+    # resuming skips finished stages
+    train_demo(out, DemoPlan.quick(), threads=1, log=lambda _: None)
+
+    for source in (model, weights):
+        pipe = Kandinsky21.from_pretrained(source, inpainting=True)
+        assert pipe.parts.config.unet == DEMO.unet
+        fast = {"seed": 0, "num_steps": 2, "prior_steps": 2}
+        image = pipe.text2img("красный круг слева", height=64, width=64, **fast).image
+        assert image.size == (64, 64)
+        assert pipe.variations(image, height=64, width=64, **fast).image.size == (64, 64)
+        assert pipe.mix([image, "a blue square"], [0.5, 0.5], height=64, width=64, **fast).image
+        assert pipe.img2img(image, "a star", **fast).image.size == (64, 64)
+        mask = np.zeros((64, 64), dtype=np.float32)
+        mask[16:48, 16:48] = 1
+        inpainted = pipe.inpaint(image, mask, "a star", **fast).image
+        assert np.abs(np.asarray(inpainted, int) - np.asarray(image, int))[mask == 0].max() <= 2
+        half = image.crop((0, 0, 32, 64))
+        assert pipe.outpaint(half, "a star", extend=(0, 0, 32, 0), **fast).image.size == (64, 64)
