@@ -342,6 +342,26 @@ class _Task:
             return None
         return self.parts
 
+    def _sample_text2img(self, step: int, folder: Path, guidance: str) -> list[Path]:
+        """Render the run's sample prompts; `guidance` names the scale this network is sampled with."""
+        prompts = list(_option(self.cfg, "sample_prompts", []) or [])
+        if not prompts:
+            return []
+        size, o = _sample_size(self.cfg), self.options
+        return self._render(
+            folder,
+            step,
+            lambda pipe: pipe.text2img(
+                prompts,
+                seed=int(self.cfg.seed),
+                height=size,
+                width=size,
+                num_steps=o.sample_steps,
+                prior_steps=o.sample_prior_steps,
+                **{guidance: o.sample_guidance_scale},
+            ),
+        )
+
     def _render(self, folder: Path, step: int, make: Any) -> list[Path]:
         """Run `make(pipe)` → GenerationResult with the trained net in eval mode; save PNGs."""
         from kandinsky.pipeline import Kandinsky21
@@ -458,23 +478,7 @@ class DecoderTask(_Task):
         return loss, logs
 
     def sample(self, step: int, folder: Path) -> list[Path]:
-        prompts = list(_option(self.cfg, "sample_prompts", []) or [])
-        if not prompts:
-            return []
-        size, o = _sample_size(self.cfg), self.options
-        return self._render(
-            folder,
-            step,
-            lambda pipe: pipe.text2img(
-                prompts,
-                seed=int(self.cfg.seed),
-                height=size,
-                width=size,
-                num_steps=o.sample_steps,
-                prior_steps=o.sample_prior_steps,
-                guidance_scale=o.sample_guidance_scale,
-            ),
-        )
+        return self._sample_text2img(step, folder, guidance="guidance_scale")
 
 
 class InpaintTask(DecoderTask):
@@ -578,23 +582,7 @@ class PriorTask(_Task):
         return loss, {"mse": float(loss.detach())}
 
     def sample(self, step: int, folder: Path) -> list[Path]:
-        prompts = list(_option(self.cfg, "sample_prompts", []) or [])
-        if not prompts:
-            return []
-        size, o = _sample_size(self.cfg), self.options
-        return self._render(
-            folder,
-            step,
-            lambda pipe: pipe.text2img(
-                prompts,
-                seed=int(self.cfg.seed),
-                height=size,
-                width=size,
-                num_steps=o.sample_steps,
-                prior_steps=o.sample_prior_steps,
-                prior_guidance_scale=o.sample_guidance_scale,
-            ),
-        )
+        return self._sample_text2img(step, folder, guidance="prior_guidance_scale")
 
 
 # ---------------------------------------------------------------------------- MoVQ
