@@ -362,3 +362,25 @@ def test_settings_limit_the_sliders_and_name_the_model():
     assert by_id["t2i-prior-steps"].value == 25
     assert by_id["inpaint-num-images"].maximum == 3
     assert "my/model" in by_id["header"].value
+
+
+def test_page_requests_obey_the_output_size_limit() -> None:
+    import pytest as _pytest
+
+    from kandinsky.errors import InvalidInput
+    from kandinsky.server.ui import SizeLimited
+
+    calls = []
+
+    class Recorder:
+        def run(self, mode, kwargs, timeout=None):
+            calls.append((mode, kwargs))
+            return "ok"
+
+    limited = SizeLimited(Recorder(), max_output_pixels=64 * 64)
+    assert limited.run("text2img", {"height": 64, "width": 64}) == "ok"
+    with _pytest.raises(InvalidInput, match="at most 4096"):
+        limited.run("text2img", {"height": 128, "width": 64})
+    with _pytest.raises(InvalidInput):
+        limited.run("outpaint", {"size": (128, 128)})
+    assert len(calls) == 1

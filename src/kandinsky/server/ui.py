@@ -812,6 +812,31 @@ TABS: tuple[tuple[str, str, Callable[[Runner, Any], None]], ...] = (
 )
 
 
+class SizeLimited:
+    """The server's per-image output-size limit for page requests too (the page calls the
+    worker directly, not through the HTTP checks). Outpaint canvases are checked by size only
+    when the page gives one; everything else passes through."""
+
+    def __init__(self, worker: Runner, max_output_pixels: int | None):
+        self.worker = worker
+        self.pipe = getattr(worker, "pipe", None)
+        self.max_output_pixels = max_output_pixels
+
+    def run(
+        self, mode: str, kwargs: dict[str, Any], timeout: float | None = None
+    ) -> GenerationResult:
+        height, width = kwargs.get("height"), kwargs.get("width")
+        if kwargs.get("size"):
+            width, height = kwargs["size"]
+        limit = self.max_output_pixels
+        if limit and isinstance(height, int) and isinstance(width, int) and height * width > limit:
+            raise InvalidInput(
+                f"{width}×{height} is {height * width} pixels; this server allows at most {limit} "
+                "pixels per image — choose a smaller size"
+            )
+        return self.worker.run(mode, kwargs, timeout=timeout)
+
+
 def build_ui(worker: Runner, settings: Any = None) -> gr.Blocks:
     """The whole UI over `worker` (anything with `run(mode, kwargs, timeout=None)`).
 
@@ -822,6 +847,7 @@ def build_ui(worker: Runner, settings: Any = None) -> gr.Blocks:
         or getattr(getattr(worker, "pipe", None), "model_id", "")
         or ""
     )
+    worker = SizeLimited(worker, getattr(settings, "max_output_pixels", None))
     with gr.Blocks(title="Kandinsky 2.1", analytics_enabled=False) as demo:
         gr.Markdown(
             "## Kandinsky 2.1" + (f" · `{model_id}`" if model_id else ""),
