@@ -104,10 +104,8 @@ def xlmr_tokenizer(vocab_size: int = 1000, corpus: list[str] = CORPUS):
         models,
         normalizers,
         pre_tokenizers,
-        processors,
         trainers,
     )
-    from transformers import XLMRobertaTokenizerFast
 
     tok = Tokenizer(models.Unigram())
     tok.normalizer = normalizers.NFKC()
@@ -122,6 +120,15 @@ def xlmr_tokenizer(vocab_size: int = 1000, corpus: list[str] = CORPUS):
     )
     tok.train_from_iterator(corpus, trainer)
     tok.add_special_tokens(["<mask>"])
+    return as_xlmr_tokenizer(tok)
+
+
+def as_xlmr_tokenizer(tok):
+    """A `tokenizers.Tokenizer` with XLM-R's specials (<s>=0 … </s>=2) as XLMRobertaTokenizerFast:
+    `<s> text </s>` framing, max length 77 (the M-CLIP context)."""
+    from tokenizers import processors
+    from transformers import XLMRobertaTokenizerFast
+
     tok.post_processor = processors.TemplateProcessing(
         single="<s> $A </s>",
         pair="<s> $A </s> </s> $B </s>",
@@ -146,7 +153,7 @@ def clip_tokenizer(folder: str | Path):
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    chars = _byte_symbols()
+    chars = byte_symbols()
     tokens = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
     (folder / "vocab.json").write_text(
         json.dumps({t: i for i, t in enumerate(tokens)}, ensure_ascii=False)
@@ -160,7 +167,7 @@ def clip_tokenizer(folder: str | Path):
     )
 
 
-def _byte_symbols() -> list[str]:
+def byte_symbols() -> list[str]:
     """GPT-2/CLIP byte-level BPE alphabet: printable bytes as themselves, the rest shifted past 255."""
     printable = [
         *range(ord("!"), ord("~") + 1),

@@ -29,18 +29,13 @@ from torch import nn
 from kandinsky.config import ModelConfig
 from kandinsky.demo import data
 from kandinsky.demo.config import StagePlan
+from kandinsky.testing import as_xlmr_tokenizer, byte_symbols
 
 Log = Callable[[str], None]
 CLIP_PATTERN = r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
 
 
 # ---------------------------------------------------------------------------- tokenizers
-
-
-def _byte_symbols() -> list[str]:
-    from kandinsky.testing import _byte_symbols as symbols
-
-    return symbols()
 
 
 def train_clip_tokenizer(captions: Sequence[str], folder: str | Path, vocab_size: int):
@@ -50,7 +45,7 @@ def train_clip_tokenizer(captions: Sequence[str], folder: str | Path, vocab_size
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    base = _byte_symbols()
+    base = byte_symbols()
     tok = Tokenizer(models.BPE(end_of_word_suffix="</w>"))
     tok.normalizer = normalizers.Sequence(
         [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()]
@@ -110,8 +105,7 @@ def train_mclip_tokenizer(captions: Sequence[str], folder: str | Path, vocab_siz
     import io
 
     import sentencepiece as spm
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
-    from transformers import XLMRobertaTokenizerFast
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
     proto = io.BytesIO()
     spm.SentencePieceTrainer.train(
@@ -137,22 +131,7 @@ def train_mclip_tokenizer(captions: Sequence[str], folder: str | Path, vocab_siz
     )
     tok.decoder = decoders.Metaspace()
     tok.add_special_tokens(["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
-    tok.post_processor = processors.TemplateProcessing(
-        single="<s> $A </s>",
-        pair="<s> $A </s> </s> $B </s>",
-        special_tokens=[("<s>", 0), ("</s>", 2)],
-    )
-    XLMRobertaTokenizerFast(
-        tokenizer_object=tok,
-        bos_token="<s>",
-        eos_token="</s>",
-        sep_token="</s>",
-        cls_token="<s>",
-        unk_token="<unk>",
-        pad_token="<pad>",
-        mask_token="<mask>",
-        model_max_length=77,
-    ).save_pretrained(str(folder))
+    as_xlmr_tokenizer(tok).save_pretrained(str(folder))
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(folder))
@@ -227,6 +206,25 @@ def _adamw(params, lr: float, steps: int) -> tuple[torch.optim.Optimizer, object
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
+def _update(loss: torch.Tensor, model: nn.Module, opt, sched, losses: list[float]) -> None:
+    """One clipped optimizer step; the loss is recorded."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    sched.step()
+    losses.append(loss.item())
+
+
+def _report(
+    log, name: str, what: str, step: int, steps: int, losses: list[float], start: float
+) -> None:
+    """Every 50 steps and at the end: mean loss of the last 50 and the rate."""
+    if (step + 1) % 50 == 0 or step + 1 == steps:
+        rate = (step + 1) / (time.perf_counter() - start)
+        log(f"{name} step {step + 1}/{steps} {what} {np.mean(losses[-50:]):.5f} ({rate:.2f} it/s)")
+
+
 def train_clip(
     images: torch.Tensor,
     scenes: Sequence[data.Scene],
@@ -249,17 +247,8 @@ def train_clip(
         ids = _tokens(tokenizer, texts, max_len)["input_ids"]
         batch = torch.from_numpy(images[idx]) if isinstance(images, np.ndarray) else images[idx]
         loss = contrastive_loss(model(ids, clip_input(batch, config)))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
-        if (step + 1) % 50 == 0 or step + 1 == plan.steps:
-            rate = (step + 1) / (time.perf_counter() - start)
-            log(
-                f"clip step {step + 1}/{plan.steps} loss {np.mean(losses[-50:]):.4f} ({rate:.2f} it/s)"
-            )
+        _update(loss, model, opt, sched, losses)
+        _report(log, "clip", "loss", step, plan.steps, losses, start)
     return model.eval(), losses
 
 
@@ -308,17 +297,8 @@ def distill_mclip(
         tokens = _tokens(tokenizer, student_en + student_ru, max_len)
         pooled = student(tokens["input_ids"], tokens["attention_mask"])[1]
         loss = F.mse_loss(pooled, torch.cat([target, target]))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
-        if (step + 1) % 50 == 0 or step + 1 == plan.steps:
-            rate = (step + 1) / (time.perf_counter() - start)
-            log(
-                f"mclip step {step + 1}/{plan.steps} mse {np.mean(losses[-50:]):.5f} ({rate:.2f} it/s)"
-            )
+        _update(loss, student, opt, sched, losses)
+        _report(log, "mclip", "mse", step, plan.steps, losses, start)
     return student.eval(), losses
 
 
