@@ -123,14 +123,28 @@ def component_config(name: str, config: ModelConfig) -> dict[str, Any]:
     return data
 
 
-def save_network(name: str, module: torch.nn.Module, config: ModelConfig, folder: Path) -> None:
-    """One component folder: config.json + weights (safetensors), written atomically."""
+def save_network(
+    name: str,
+    module: torch.nn.Module | None,
+    config: ModelConfig,
+    folder: Path,
+    *,
+    state: dict[str, torch.Tensor] | None = None,
+) -> None:
+    """One component folder: config.json + weights (safetensors), written atomically.
+
+    `state` (a full state dict, e.g. gathered from sharded training) replaces `module`'s own.
+    """
+    if state is None:
+        if module is None:
+            raise ValueError("save_network needs a module or a state dict")
+        state = module.state_dict()
     folder.mkdir(parents=True, exist_ok=True)
     weights = (
         "model.safetensors" if name in _TRANSFORMERS else "diffusion_pytorch_model.safetensors"
     )
     write_json(component_config(name, config), folder / "config.json")
-    write_safetensors(module.state_dict(), folder / weights, metadata={"format": "pt"})
+    write_safetensors(state, folder / weights, metadata={"format": "pt"})
 
 
 def image_processor_config(config: ModelConfig) -> dict[str, Any]:

@@ -212,7 +212,7 @@ def test_train_command_runs_the_task_from_make_task(
         def sample(self, step, folder):
             return []
 
-        def save_weights(self, folder):
+        def save_weights(self, folder, state):
             folder.mkdir(parents=True, exist_ok=True)
             (folder / "done").write_text("ok")
 
@@ -240,6 +240,8 @@ def test_yaml_bare_no_is_read_as_the_word_for_string_choices(tmp_path) -> None:
     from kandinsky.training.config import load_config
 
     path = tmp_path / "run.yaml"
-    path.write_text("task: prior\nmodel: scratch:tiny\noutput_dir: out\nmixed_precision: no\ndata:\n  source: data\n")
+    path.write_text(
+        "task: prior\nmodel: scratch:tiny\noutput_dir: out\nmixed_precision: no\ndata:\n  source: data\n"
+    )
     assert load_config(path).mixed_precision == "no"
     assert load_config(path, ["mixed_precision=no"]).mixed_precision == "no"

@@ -56,10 +56,9 @@ class ToyTask:
         Image.new("RGB", (8, 8), (step, 0, 0)).save(path)
         return [path]
 
-    def save_weights(self, folder):
+    def save_weights(self, folder, state):
         folder.mkdir(parents=True, exist_ok=True)
-        model = getattr(self.model, "module", self.model)
-        torch.save({k: v.clone() for k, v in model.state_dict().items()}, folder / "weights.pt")
+        torch.save({k: v.clone() for k, v in state.items()}, folder / "weights.pt")
 
 
 def toy_data(n=16, size=8):
@@ -116,7 +115,8 @@ def test_loss_falls_and_logs_are_written(tmp_path: Path) -> None:
     assert result.steps == 40 and len(result.losses) == 40
     assert sum(result.losses[-5:]) < 0.9 * sum(result.losses[:5])
     rows = (tmp_path / "log.csv").read_text().splitlines()
-    assert rows[0] == "step,loss,lr,images_per_s,max_memory_mb" and len(rows) == 1 + 8
+    assert rows[0] == "step,loss,lr,images_per_s,max_memory_mb,noise_std"  # + the task's numbers
+    assert len(rows) == 1 + 8
     assert sorted(p.name for p in (tmp_path / "samples").iterdir()) == [
         "step-20.png",
         "step-40.png",
@@ -298,20 +298,26 @@ digest = hashlib.sha256(b"".join(v.numpy().tobytes() for v in state.values())).h
 """
 
 
-def test_two_process_ddp_on_cpu_keeps_ranks_in_sync(tmp_path: Path) -> None:
-    script = tmp_path / "ddp_toy.py"
-    script.write_text(DDP_SCRIPT.format(toy=textwrap.dedent(TOY)))
+def _launch_two_cpu_processes(script: Path, *args: Path) -> subprocess.CompletedProcess:
+    """`accelerate launch` of `script` as 2 CPU processes (gloo), one thread each."""
     env = {
         **os.environ,
         "ACCELERATE_USE_CPU": "1",
         "CUDA_VISIBLE_DEVICES": "",
         "OMP_NUM_THREADS": "1",
     }
-    out = tmp_path / "out"
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu"]
     command += ["--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no"]
-    command += ["--dynamo_backend", "no", "--main_process_port", "0", str(script), str(out)]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
+    command += ["--dynamo_backend", "no", "--main_process_port", "0", str(script)]
+    command += [str(a) for a in args]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_two_process_ddp_on_cpu_keeps_ranks_in_sync(tmp_path: Path) -> None:
+    script = tmp_path / "ddp_toy.py"
+    script.write_text(DDP_SCRIPT.format(toy=textwrap.dedent(TOY)))
+    out = tmp_path / "out"
+    done = _launch_two_cpu_processes(script, out)
     assert done.returncode == 0, done.stderr[-3000:]
     (hash0, keys0), (hash1, keys1) = (
         (out / f"rank{r}.txt").read_text().split(" ") for r in range(2)
@@ -320,3 +326,48 @@ def test_two_process_ddp_on_cpu_keeps_ranks_in_sync(tmp_path: Path) -> None:
     assert not set(keys0.split(",")) & set(keys1.split(","))  # each rank saw its own part
     assert len(list((out / "checkpoints" / "step-000002").glob("random_states_*.pkl"))) == 2
     assert hashlib.sha256(b"").hexdigest() not in (hash0, hash1)
+
+
+GAN_DDP_SCRIPT = """
+import hashlib, sys
+from pathlib import Path
+import torch
+from accelerate import PartialState
+from kandinsky.testing import write_tiny_model
+from kandinsky.training.config import DataConfig, OptimConfig, TrainConfig
+from kandinsky.training.loop import train
+from kandinsky.training.tasks import make_task
+
+out, model = Path(sys.argv[1]), Path(sys.argv[2])
+options = {"quantize": False, "disc_weight": 0.8, "disc_start": 0, "disc_width": 8,
+           "disc_layers": 2}
+cfg = TrainConfig(task="movq", model=str(model), output_dir=str(out),
+                  data=DataConfig(source="-", image_size=16), optim=OptimConfig(lr=1e-3),
+                  batch_size=2, max_steps=2, grad_accum=2, checkpoint_every=2, log_every=1,
+                  task_options=options)
+g = torch.Generator().manual_seed(0)
+items = [{"image": torch.rand(3, 16, 16, generator=g) * 2 - 1, "caption": "", "key": str(i)}
+         for i in range(16)]
+task = make_task("movq", cfg)
+train(cfg, task, dataset=items)
+rank = PartialState().process_index
+digest = hashlib.sha256()
+for net in (task.net, task.adversary().module):
+    for v in net.state_dict().values():
+        digest.update(v.numpy().tobytes())
+(out / f"rank{rank}.txt").write_text(digest.hexdigest())
+"""
+
+
+def test_two_process_ddp_trains_movq_and_its_discriminator_in_sync(tmp_path: Path) -> None:
+    from kandinsky.testing import write_tiny_model
+
+    model = write_tiny_model(tmp_path / "model")
+    script = tmp_path / "ddp_gan.py"
+    script.write_text(GAN_DDP_SCRIPT)
+    out = tmp_path / "out"
+    done = _launch_two_cpu_processes(script, out, model)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (out / "rank0.txt").read_text() == (out / "rank1.txt").read_text()
+    assert (out / "final" / "movq" / "diffusion_pytorch_model.safetensors").is_file()
+    assert (out / "checkpoints" / "step-000002" / "model_1.safetensors").is_file()

@@ -7,6 +7,7 @@ by which the mean loss of the last 5 steps must be below that of the first 5.
 
 from __future__ import annotations
 
+import csv
 import math
 import types
 from pathlib import Path
@@ -21,6 +22,9 @@ from kandinsky.imaging import clip_preprocess, tensor_to_pil
 from kandinsky.loading import load
 from kandinsky.testing import write_tiny_model
 from kandinsky.training.config import DataConfig, OptimConfig, TrainConfig
+from kandinsky.training.discriminator import PatchDiscriminator, adaptive_gan_weight
+from kandinsky.training.loop import train
+from kandinsky.training.lora import lora_state_dict, read_lora
 from kandinsky.training.losses import (
     clip_pixels,
     decoder_loss,
@@ -120,8 +124,6 @@ def test_inpaint_overfits_two_images_with_masked_latents(tiny_model, tmp_path):
 
 
 def test_prior_overfits_through_the_real_train_loop(tiny_model, tmp_path):
-    from kandinsky.training.loop import train
-
     cfg = config(
         "prior",
         tiny_model,
@@ -164,6 +166,104 @@ def test_movq_reconstructs_through_the_codebook_by_default(tiny_model, tmp_path)
     assert logs["vq"] > 0 and task.net.quantize.embedding.weight.grad is not None
 
 
+def test_patch_discriminator_scores_patches_and_adaptive_weight_balances_gradients():
+    disc = PatchDiscriminator(3, width=8, layers=3)
+    assert disc(torch.randn(2, 3, 64, 64)).shape == (2, 1, 6, 6)  # one logit per patch
+    assert disc.min_size() == 24 and disc(torch.randn(5, 3, 24, 24)).shape == (5, 1, 1, 1)
+
+    w = torch.tensor([1.0, 2.0], requires_grad=True)
+    rec, gan = (w * 3).sum(), (w * w).sum()  # ∇rec = (3, 3), ∇gan = 2w = (2, 4)
+    weight = adaptive_gan_weight(rec, gan, w)
+    torch.testing.assert_close(weight, torch.tensor(18**0.5 / (20**0.5 + 1e-4)))
+    assert not weight.requires_grad
+
+
+def _movq_gan_cfg(model, tmp_path, name, max_steps, **options):
+    return config(
+        "movq",
+        model,
+        tmp_path / name,
+        size=16,
+        optim=OptimConfig(name="adamw", lr=1e-3),
+        batch_size=2,
+        max_steps=max_steps,
+        checkpoint_every=2,
+        log_every=1,
+        task_options={
+            "quantize": False,
+            "disc_weight": 0.8,
+            "disc_start": 2,
+            "disc_width": 8,
+            "disc_layers": 2,
+            **options,
+        },
+    )
+
+
+def _movq_items():
+    data = batch(4, 16)
+    return [{"image": data["image"][i], "caption": "", "key": str(i)} for i in range(4)]
+
+
+def test_movq_discriminator_too_deep_for_the_image_size_is_refused(tiny_model, tmp_path):
+    cfg = _movq_gan_cfg(tiny_model, tmp_path, "deep", 1, disc_layers=3)
+    with pytest.raises(InvalidInput, match="at least 24 px.*disc_layers"):
+        make_task("movq", cfg).setup(cfg, CPU)
+
+
+def test_movq_generator_loss_leaves_the_discriminator_alone(tiny_model, tmp_path):
+    cfg = _movq_gan_cfg(tiny_model, tmp_path, "g", 1, disc_start=0)
+    task = make_task("movq", cfg)
+    task.setup(cfg, CPU)
+    loss, logs = task.loss(batch(2, 16), torch.Generator().manual_seed(0))
+    loss.backward()
+    assert logs["gan_weight"] > 0 and "gan" in logs
+    assert all(p.grad is None for p in task.adversary().parameters())
+    assert task.net.decoder.conv_out.weight.grad is not None
+    d_loss, d_logs = task.adversary_loss()
+    d_loss.backward()
+    assert all(p.grad is not None for p in task.adversary().parameters())
+    assert {"disc", "logits_real", "logits_fake"} <= d_logs.keys()
+
+
+def test_movq_adversary_trains_from_its_start_step_and_resumes_exactly(tiny_model, tmp_path):
+    from safetensors.torch import load_file
+
+    straight_task = make_task("movq", _movq_gan_cfg(tiny_model, tmp_path, "straight", 4))
+    start = {k: v.clone() for k, v in _disc_state(tiny_model, tmp_path).items()}
+    train(_movq_gan_cfg(tiny_model, tmp_path, "straight", 4), straight_task, dataset=_movq_items())
+    after = straight_task.adversary().state_dict()
+    assert any(not torch.equal(after[k], v) for k, v in start.items())
+    with open(tmp_path / "straight" / "out" / "log.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["step"] for r in rows] == ["1", "2", "3", "4"]
+    assert [bool(r["disc"]) for r in rows] == [False, False, True, True]  # from disc_start on
+    assert all(r["gan"] and r["logits_real"] for r in rows[2:]) and rows[0]["l1"]
+
+    first = make_task("movq", _movq_gan_cfg(tiny_model, tmp_path, "resumed", 2))
+    train(_movq_gan_cfg(tiny_model, tmp_path, "resumed", 2), first, dataset=_movq_items())
+    untouched = first.adversary().state_dict()  # steps 0 and 1 are before disc_start
+    assert all(torch.equal(untouched[k], v) for k, v in start.items())
+    checkpoint = tmp_path / "resumed" / "out" / "checkpoints" / "step-000002"
+    assert (checkpoint / "model_1.safetensors").is_file()  # the discriminator is checkpointed
+    second = make_task("movq", _movq_gan_cfg(tiny_model, tmp_path, "resumed", 4))
+    train(_movq_gan_cfg(tiny_model, tmp_path, "resumed", 4), second, dataset=_movq_items())
+
+    resumed = second.adversary().state_dict()
+    assert all(torch.equal(resumed[k], v) for k, v in after.items())
+    weights = "final/movq/diffusion_pytorch_model.safetensors"
+    a = load_file(tmp_path / "straight" / "out" / weights)
+    b = load_file(tmp_path / "resumed" / "out" / weights)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _disc_state(model, tmp_path):
+    cfg = _movq_gan_cfg(model, tmp_path, "probe", 1)
+    task = make_task("movq", cfg)
+    task.setup(cfg, CPU)
+    return task.adversary().state_dict()
+
+
 def test_lora_on_the_prior_overfits_and_saves_only_the_adapter(tiny_model, tmp_path):
     cfg = config("lora", tiny_model, tmp_path, task_options={"lora_network": "prior"})
     task = make_task("lora", cfg)
@@ -174,8 +274,12 @@ def test_lora_on_the_prior_overfits_and_saves_only_the_adapter(tiny_model, tmp_p
     after = task.net.state_dict()
     assert all(torch.equal(after[k], v) for k, v in base.items())
 
-    task.save_weights(tmp_path / "final")
+    task.save_weights(tmp_path / "final", task.trainable().state_dict())
     assert [p.name for p in (tmp_path / "final").iterdir()] == ["lora.safetensors"]
+    _, saved = read_lora(tmp_path / "final" / "lora.safetensors")
+    expected = lora_state_dict(task.net)
+    assert saved.keys() == expected.keys()
+    assert all(torch.equal(saved[k], v) for k, v in expected.items())
 
 
 def test_lora_on_the_decoder_trains_only_attention_adapters(tiny_model, tmp_path):
@@ -197,7 +301,7 @@ def test_decoder_weights_export_and_load_back(tiny_model, tmp_path):
     task = make_task("decoder", cfg)
     task.setup(cfg, CPU)
     overfit(task, batch(), steps=1, lr=1e-3)
-    task.save_weights(tmp_path / "final")
+    task.save_weights(tmp_path / "final", task.trainable().state_dict())
     parts = load([tmp_path / "final", tiny_model], components=["unet", "movq"])
     assert parts.sources["unet"].startswith(str(tmp_path / "final"))
     for name, value in task.net.state_dict().items():
@@ -349,7 +453,7 @@ def test_prior_and_movq_losses():
     loss, logs = movq_loss(recon, target, torch.tensor(0.5), torch.tensor([1.0, 3.0]))
     l1 = (recon - target).abs().mean().item()
     assert logs["l1"] == pytest.approx(l1) and logs["gan"] == pytest.approx(-2.0)
-    assert loss.item() == pytest.approx(l1 + 0.5 + 0.1 * -2.0)
+    assert loss.item() == pytest.approx(l1 + 0.5 + 0.8 * -2.0)
 
 
 # ---------------------------------------------------------------------------- masks

@@ -56,8 +56,16 @@ class Task(Protocol):
     def sample(self, step: int, folder: Path) -> list[Path]:
         """Images for the log, on the main process only (use the unwrapped model)."""
 
-    def save_weights(self, folder: Path) -> None:
-        """Export the trained weights (a component folder, LoRA safetensors, …)."""
+    # Optional, for a task with a second network trained against the first (MoVQ's GAN):
+    # adversary() -> nn.Module | None; set_adversary(module); set_step(step) before each
+    # optimizer step; adversary_loss() -> (loss, logs) | None after each micro-batch.
+
+    def save_weights(self, folder: Path, state: dict[str, torch.Tensor]) -> None:
+        """Export the trained weights (a component folder, LoRA safetensors, …).
+
+        `state` is the full state dict of `trainable()` gathered from every process (the
+        live module may hold only a shard under FSDP/ZeRO-3); main process only.
+        """
 
 
 @dataclass
@@ -175,6 +183,8 @@ def train(cfg: TrainConfig, task: Task, *, dataset: Any = None) -> TrainResult:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     module, optimizer = accelerator.prepare(module, optimizer)
     task.set_trainable(module)
+    adversary, adversary_optimizer = _prepare_adversary(cfg, task, accelerator)
+    models = (module, adversary) if adversary is not None else (module,)
     checkpoint = find_checkpoint(output_dir, cfg.resume) if cfg.resume else None
     state = read_state(checkpoint) if checkpoint is not None else None
     ema = EMA(accelerator.unwrap_model(module), cfg.ema_decay) if cfg.ema_decay else None
@@ -239,6 +249,8 @@ def train(cfg: TrainConfig, task: Task, *, dataset: Any = None) -> TrainResult:
     step = start_step
     module.train()
     while step < cfg.max_steps:
+        if adversary is not None:
+            task.set_step(step)
         step_loss = 0.0
         extra: dict[str, float] = {}
         for micro in range(cfg.grad_accum):
@@ -254,7 +266,7 @@ def train(cfg: TrainConfig, task: Task, *, dataset: Any = None) -> TrainResult:
             interval_images += _batch_len(batch)
             generator = torch.Generator(device=accelerator.device)
             generator.manual_seed(_mix(cfg.seed, step, micro, rank))
-            with accelerator.accumulate(module):
+            with accelerator.accumulate(*models):
                 with accelerator.autocast():
                     loss, logs = task.loss(batch, generator)
                 accelerator.backward(loss)
@@ -262,6 +274,8 @@ def train(cfg: TrainConfig, task: Task, *, dataset: Any = None) -> TrainResult:
                     accelerator.clip_grad_norm_(params, cfg.optim.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
+                if adversary is not None:
+                    logs = {**logs, **_adversary_step(cfg, task, accelerator, adversary_optimizer)}
             step_loss += loss.detach().float().item() / cfg.grad_accum
             for k, v in logs.items():
                 extra[k] = extra.get(k, 0.0) + float(v) / cfg.grad_accum
@@ -301,16 +315,74 @@ def train(cfg: TrainConfig, task: Task, *, dataset: Any = None) -> TrainResult:
     total = SkipReport()
     for r in reports:
         total.merge(SkipReport.from_dict(r))
+    _export(accelerator, module, ema, task, output_dir / "final")
     if main:
-        saved = ema.copy_to(accelerator.unwrap_model(module)) if ema is not None else None
-        task.save_weights(output_dir / "final")
-        if saved is not None:
-            ema.restore(accelerator.unwrap_model(module), saved)
         (output_dir / "skip_report.json").write_text(json.dumps(total.to_dict(), indent=1))
         print(f"[{task.name}] {total.summary()}", file=sys.stderr)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return TrainResult(steps=step, losses=losses, report=total, output_dir=output_dir)
+
+
+def _prepare_adversary(cfg: TrainConfig, task: Task, accelerator: Any) -> tuple[Any, Any]:
+    """A task's second network (the MoVQ discriminator), with its own optimizer.
+
+    Same optimizer settings as the main one, constant learning rate (VQGAN's recipe).
+    Prepared after the main module, so checkpoints hold it as the second model/optimizer.
+    """
+    adversary = task.adversary() if hasattr(task, "adversary") else None
+    if adversary is None:
+        return None, None
+    optimizer = make_optimizer(cfg, [p for p in adversary.parameters() if p.requires_grad])
+    adversary, optimizer = accelerator.prepare(adversary, optimizer)
+    task.set_adversary(adversary)
+    adversary.train()
+    return adversary, optimizer
+
+
+def _adversary_step(
+    cfg: TrainConfig, task: Task, accelerator: Any, optimizer: Any
+) -> dict[str, float]:
+    """One micro-batch of the adversary's loss (inside the loop's `accumulate`)."""
+    with accelerator.autocast():
+        result = task.adversary_loss()
+    if result is None:  # before its start step
+        return {}
+    loss, logs = result
+    accelerator.backward(loss)
+    if accelerator.sync_gradients and cfg.optim.max_grad_norm:
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        accelerator.clip_grad_norm_(params, cfg.optim.max_grad_norm)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return logs
+
+
+def _export(
+    accelerator: Any, module: torch.nn.Module, ema: EMA | None, task: Task, folder: Path
+) -> None:
+    """`task.save_weights` with the full trained state (EMA weights when on).
+
+    Every process takes part: under FSDP or DeepSpeed ZeRO-3 each holds only a shard, and
+    `get_state_dict` gathers them (rank 0 alone would deadlock or export a shard). The EMA
+    shadows are per-process too, so every process swaps them in around the gather, and
+    swaps back only after the save (the gathered tensors may be the live ones).
+    """
+    unwrapped = accelerator.unwrap_model(module)
+    saved = ema.copy_to(unwrapped) if ema is not None else None
+    try:
+        try:
+            state = accelerator.get_state_dict(module)
+        except ValueError as e:  # ZeRO-3 without gathering on save
+            raise InvalidInput(
+                "DeepSpeed ZeRO-3 cannot export the trained weights: set zero3_save_16bit_model: "
+                f"true (stage3_gather_16bit_weights_on_model_save) in its config ({e})"
+            ) from e
+        if accelerator.is_main_process:
+            task.save_weights(folder, state or {})
+    finally:
+        if saved is not None:
+            ema.restore(unwrapped, saved)
 
 
 def _checkpoint(
@@ -455,18 +527,53 @@ def _flat_hparams(cfg: TrainConfig) -> dict[str, Any]:
 
 
 class _CsvLog:
+    """log.csv: the fixed columns, then any task numbers (gan, disc, …) as they appear.
+
+    A column that first shows up mid-run (the GAN terms after disc_start) rewrites the
+    small file once with the wider header; earlier rows leave it blank.
+    """
+
     COLUMNS = ("step", "loss", "lr", "images_per_s", "max_memory_mb")
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.columns = list(self.COLUMNS)
+        if path.exists():
+            with open(path, newline="") as f:
+                header = next(csv.reader(f), None)
+            self.columns = header or self.columns
 
     def write(self, step: int, values: dict[str, float]) -> None:
-        new = not self.path.exists()
+        new = [k for k in values if k not in self.columns]
+        if new:
+            self._widen(new)
+        new_file = not self.path.exists()
         with open(self.path, "a", newline="") as f:
             writer = csv.writer(f)
-            if new:
-                writer.writerow(self.COLUMNS)
-            writer.writerow([step] + [f"{values[c]:.6g}" for c in self.COLUMNS[1:]])
+            if new_file:
+                writer.writerow(self.columns)
+            row = {"step": step, **values}
+            writer.writerow([_cell(row.get(c)) for c in self.columns])
+
+    def _widen(self, extra: list[str]) -> None:
+        rows: list[list[str]] = []
+        if self.path.exists():
+            with open(self.path, newline="") as f:
+                rows = list(csv.reader(f))[1:]
+        self.columns += extra
+        if rows:
+            tmp = self.path.with_suffix(".tmp")
+            with open(tmp, "w", newline="") as f:
+                writer = csv.writer(f)
+                writer.writerow(self.columns)
+                writer.writerows(r + [""] * (len(self.columns) - len(r)) for r in rows)
+            tmp.replace(self.path)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    return str(value) if isinstance(value, int) else f"{value:.6g}"
 
 
 def _progress(total: int, initial: int, disable: bool) -> Any:

@@ -133,9 +133,25 @@ def remove_lora(module: nn.Module) -> None:
         del module.peft_config
 
 
-def save_lora(module: nn.Module, path: str | os.PathLike[str], info: LoRAInfo) -> Path:
-    """Write the adapter of `module` (a safetensors with the metadata in its header)."""
-    state = lora_state_dict(module)
+def adapter_from_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The adapter's entries of a wrapped network's full state dict, in the file's names."""
+    marks = (f".lora_A.{ADAPTER}.", f".lora_B.{ADAPTER}.")
+    return {
+        k.replace(f".{ADAPTER}.", "."): v for k, v in state.items() if any(m in k for m in marks)
+    }
+
+
+def save_lora(
+    module: nn.Module,
+    path: str | os.PathLike[str],
+    info: LoRAInfo,
+    state: dict[str, torch.Tensor] | None = None,
+) -> Path:
+    """Write the adapter of `module` (a safetensors with the metadata in its header).
+
+    `state`: the adapter tensors when `module` holds only a shard (see `adapter_from_state`).
+    """
+    state = lora_state_dict(module) if state is None else state
     if not state:
         raise InvalidInput("the network carries no LoRA adapter to save")
     path = Path(path)

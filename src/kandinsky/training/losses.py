@@ -182,26 +182,36 @@ def movq_loss(
     *,
     perceptual: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     perceptual_weight: float = 1.0,
-    disc_weight: float = 0.1,
+    disc_weight: float = 0.8,
+    last_layer: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """L1 reconstruction + codebook/commitment loss (+ perceptual) (+ hinge generator term).
+    """L1 reconstruction (+ perceptual) + codebook/commitment loss (+ hinge generator term).
 
     `disc_logits` are a discriminator's logits on `recon`; the generator side of the hinge
-    GAN is −mean(logits). `perceptual(recon, target)` is any LPIPS-like distance (per sample
-    or scalar). Returns the scalar loss and float logs.
+    GAN is −mean(logits), weighted by `disc_weight` and, when `last_layer` (the decoder's
+    output conv weight) is given, by VQGAN's adaptive balance against the reconstruction
+    (`discriminator.adaptive_gan_weight`). `perceptual(recon, target)` is any LPIPS-like
+    distance (per sample or scalar). Returns the scalar loss and float logs.
     """
     recon, target = recon.float(), target.float()
     l1 = (recon - target).abs().mean()
-    loss = l1 + vq_loss.float()
+    reconstruction = l1
     logs = {"l1": float(l1.detach()), "vq": float(vq_loss.detach())}
     if perceptual is not None:
         p = perceptual(recon, target).float().mean()
-        loss = loss + perceptual_weight * p
+        reconstruction = reconstruction + perceptual_weight * p
         logs["perceptual"] = float(p.detach())
+    loss = reconstruction + vq_loss.float()
     if disc_logits is not None:
         g = -disc_logits.float().mean()
-        loss = loss + disc_weight * g
+        weight = disc_weight
+        if last_layer is not None:
+            from kandinsky.training.discriminator import adaptive_gan_weight
+
+            weight = disc_weight * adaptive_gan_weight(reconstruction, g, last_layer)
+        loss = loss + weight * g
         logs["gan"] = float(g.detach())
+        logs["gan_weight"] = float(weight)
     return loss, logs
 
 

@@ -13,7 +13,9 @@
 - prior: target = CLIP image embedding normalized with the prior's clip_mean/clip_std;
   CLIP text after ln_final (inference convention) dropped with p 0.1 to ""; cosine schedule;
   the prior predicts x0; MSE.
-- movq: reconstruction through the codebook: L1 + VQ loss (+ optional perceptual term).
+- movq: reconstruction through the codebook: L1 + VQ loss (+ optional perceptual term),
+  and with disc_weight > 0 a PatchGAN adversary from disc_start on (hinge loss, VQGAN's
+  adaptive weight); the loop trains it with its own optimizer (`adversary()`).
 - lora: LoRA adapters on the decoder's (or the prior's) attention; everything else frozen.
 
 Knobs come from `cfg.task_options` (see `TaskOptions`). `cfg.model` is a weights folder or
@@ -39,7 +41,15 @@ from kandinsky.errors import InvalidInput, KandinskyError
 from kandinsky.loading import Components, build_network, load
 from kandinsky.models.clip import encode_image
 from kandinsky.training import lora as lora_lib
-from kandinsky.training.losses import clip_pixels, decoder_loss, diffuse, movq_loss, prior_loss
+from kandinsky.training.discriminator import PatchDiscriminator
+from kandinsky.training.losses import (
+    clip_pixels,
+    decoder_loss,
+    diffuse,
+    discriminator_hinge_loss,
+    movq_loss,
+    prior_loss,
+)
 from kandinsky.training.masks import KINDS, random_mask
 
 if TYPE_CHECKING:
@@ -65,6 +75,11 @@ class TaskOptions:
     vq_weight: float = 1.0
     perceptual_weights: str | None = None  # movq: TorchScript LPIPS-like module (x, y) → distance
     perceptual_weight: float = 1.0
+    disc_weight: float = 0.0  # movq: hinge-GAN term; 0 = no discriminator (VQGAN used 0.8)
+    disc_start: int = 0  # movq: optimizer step at which the discriminator comes in
+    disc_adaptive: bool = True  # movq: VQGAN's gradient-norm balance of the GAN term
+    disc_layers: int = 3  # movq: PatchGAN depth
+    disc_width: int = 64  # movq: PatchGAN base width
     lora_network: str = "unet"  # lora: "unet", "inpaint_unet" or "prior"
     lora_rank: int = 4
     lora_alpha: float | None = None  # default = rank
@@ -96,6 +111,10 @@ class TaskOptions:
         if options.mask_kind not in KINDS:
             raise InvalidInput(
                 f"task option mask_kind is {options.mask_kind!r}; choose one of {', '.join(KINDS)}"
+            )
+        if options.disc_weight < 0 or options.disc_start < 0 or options.disc_layers < 1:
+            raise InvalidInput(
+                "task options disc_weight and disc_start must be ≥ 0 and disc_layers ≥ 1"
             )
         if options.lora_network not in lora_lib.DEFAULT_TARGETS:
             raise InvalidInput(
@@ -200,8 +219,18 @@ def _load_parts(cfg: Any, options: TaskOptions, frozen: list[str], trainable: st
     return load(source, components=[*frozen, trainable])
 
 
-def save_component(name: str, module: nn.Module, config: ModelConfig, folder: Path) -> Path:
-    """`folder` as a one-component diffusers pipeline folder that `kandinsky.load` reads back."""
+def save_component(
+    name: str,
+    module: nn.Module | None,
+    config: ModelConfig,
+    folder: Path,
+    *,
+    state: dict[str, torch.Tensor] | None = None,
+) -> Path:
+    """`folder` as a one-component diffusers pipeline folder that `kandinsky.load` reads back.
+
+    `state`: the network's full state dict when `module` holds only a shard of it.
+    """
     from kandinsky.checkpoints.io import write_json
     from kandinsky.conversion import DIFFUSERS_VERSION, PIPELINES, save_network
 
@@ -214,7 +243,7 @@ def save_component(name: str, module: nn.Module, config: ModelConfig, folder: Pa
     class_name, subs = PIPELINES[pipeline]
     library, cls, _ = subs[sub]
     folder = Path(folder)
-    save_network(name, module, config, folder / sub)
+    save_network(name, module, config, folder / sub, state=state)
     index = {
         "_class_name": class_name,
         "_diffusers_version": DIFFUSERS_VERSION,
@@ -222,6 +251,24 @@ def save_component(name: str, module: nn.Module, config: ModelConfig, folder: Pa
     }
     write_json(index, folder / "model_index.json")
     return folder
+
+
+def _unwrap(module: nn.Module) -> nn.Module:
+    """The module inside a DDP wrapper (itself otherwise)."""
+    return getattr(module, "module", module)
+
+
+def module_prefix(root: nn.Module, part: nn.Module) -> str:
+    """The state-dict prefix of `part` inside `root` ("" when it is `root`)."""
+    for name, module in root.named_modules():
+        if module is part:
+            return f"{name}." if name else ""
+    raise ValueError("the trained network is not inside the trainable module")
+
+
+def substate(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The entries of `state` under `prefix`, with the prefix removed."""
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
 
 
 def _draw_rand(n: int, generator: torch.Generator) -> torch.Tensor:
@@ -280,6 +327,7 @@ class _Task:
         if _option(cfg, "gradient_checkpointing", False):
             net.gradient_checkpointing = True
         self.module = self.wrap(net)
+        self.prefix = module_prefix(self.module, net)
 
     def trainable(self) -> nn.Module:
         return self.module
@@ -287,8 +335,9 @@ class _Task:
     def set_trainable(self, module: nn.Module) -> None:
         self.module = module
 
-    def save_weights(self, folder: Path) -> None:
-        save_component(self.network, self.net, self.parts.config, Path(folder))
+    def save_weights(self, folder: Path, state: dict[str, torch.Tensor]) -> None:
+        net_state = substate(state, self.prefix)
+        save_component(self.network, None, self.parts.config, Path(folder), state=net_state)
 
     def sample(self, step: int, folder: Path) -> list[Path]:
         return []
@@ -589,34 +638,101 @@ class PriorTask(_Task):
 
 
 class MoVQTask(_Task):
+    """MoVQ autoencoder: L1 (+ perceptual) + VQ losses, and with `disc_weight` > 0 a
+    PatchGAN adversary from step `disc_start` on (hinge loss, VQGAN's adaptive weight)."""
+
     name = "movq"
     network = "movq"
 
     def __init__(self, options: TaskOptions) -> None:
         super().__init__(options)
         self.perceptual: nn.Module | None = None
+        self.discriminator: nn.Module | None = None  # as prepared by the loop (maybe DDP)
+        self.step = 0
+        self._pair: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def setup(self, cfg: TrainConfig, accelerator: Any) -> None:
         super().setup(cfg, accelerator)
         if self.options.perceptual_weights:
             module = torch.jit.load(self.options.perceptual_weights, map_location=self.device)
             self.perceptual = module.eval().requires_grad_(False)
+        if self.options.disc_weight > 0:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(int(_option(cfg, "seed", 0)) + 1)
+                self.discriminator = PatchDiscriminator(
+                    self.parts.config.movq.in_channels,
+                    self.options.disc_width,
+                    self.options.disc_layers,
+                ).to(self.device)
+            size = int(getattr(getattr(cfg, "data", None), "image_size", 0) or 0)
+            if size and size < self.discriminator.min_size():
+                raise InvalidInput(
+                    f"a {self.options.disc_layers}-layer discriminator needs images of at least "
+                    f"{self.discriminator.min_size()} px, data.image_size is {size}: lower "
+                    "task_options.disc_layers or raise data.image_size"
+                )
+
+    def configure(self, net: nn.Module) -> None:
+        if not self.options.quantize:  # unused without the codebook (DDP needs every grad)
+            net.quantize.requires_grad_(False)
 
     def wrap(self, net: nn.Module) -> nn.Module:
         return AutoencoderRoundTrip(net, self.options.quantize)
+
+    # ---- the adversary (the loop gives it its own optimizer and checkpoints it)
+
+    def adversary(self) -> nn.Module | None:
+        return self.discriminator
+
+    def set_adversary(self, module: nn.Module) -> None:
+        self.discriminator = module
+
+    def set_step(self, step: int) -> None:
+        self.step = step
+
+    @property
+    def _adversarial(self) -> bool:
+        return self.discriminator is not None and self.step >= self.options.disc_start
 
     def loss(
         self, batch: dict, generator: torch.Generator
     ) -> tuple[torch.Tensor, dict[str, float]]:
         images = self._images(batch)
         recon, vq_loss = self.module(images)
+        logits, last_layer = None, None
+        if self._adversarial:
+            # The discriminator's weights enter detached: this loss trains only the MoVQ.
+            disc = _unwrap(self.discriminator)
+            frozen = {k: v.detach() for k, v in disc.named_parameters()}
+            logits = torch.func.functional_call(disc, frozen, (recon,))
+            if self.options.disc_adaptive:
+                last_layer = self.net.decoder.conv_out.weight
+            self._pair = (images.detach(), recon.detach())
         return movq_loss(
             recon,
             images,
             self.options.vq_weight * vq_loss,
+            logits,
             perceptual=self.perceptual,
             perceptual_weight=self.options.perceptual_weight,
+            disc_weight=self.options.disc_weight,
+            last_layer=last_layer,
         )
+
+    def adversary_loss(self) -> tuple[torch.Tensor, dict[str, float]] | None:
+        """Hinge loss of the discriminator on the last micro-batch (None before it starts)."""
+        if not self._adversarial or self._pair is None:
+            return None
+        real, fake = self._pair
+        self._pair = None
+        logits = self.discriminator(torch.cat([real, fake]))
+        real_logits, fake_logits = logits.float().chunk(2)
+        loss = discriminator_hinge_loss(real_logits, fake_logits)
+        return loss, {
+            "disc": float(loss.detach()),
+            "logits_real": float(real_logits.detach().mean()),
+            "logits_fake": float(fake_logits.detach().mean()),
+        }
 
     def sample(self, step: int, folder: Path) -> list[Path]:
         """Input | reconstruction pairs of the last batch (no Kandinsky21 needed)."""
@@ -683,8 +799,9 @@ class LoRATask:
     def sample(self, step: int, folder: Path) -> list[Path]:
         return self.base.sample(step, folder)
 
-    def save_weights(self, folder: Path) -> None:
-        lora_lib.save_lora(self.base.net, Path(folder) / "lora.safetensors", self.info)
+    def save_weights(self, folder: Path, state: dict[str, torch.Tensor]) -> None:
+        adapter = lora_lib.adapter_from_state(substate(state, self.base.prefix))
+        lora_lib.save_lora(self.base.net, Path(folder) / "lora.safetensors", self.info, adapter)
 
     @property
     def net(self) -> nn.Module:
