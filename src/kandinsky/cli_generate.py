@@ -91,7 +91,7 @@ def add_commands(commands: argparse._SubParsersAction, command_factory: Any) -> 
         "--strength-convention", choices=["original", "diffusers"], default="original"
     )
     _model_flags(img2img)
-    _generation_flags(img2img, size_default=None)
+    _generation_flags(img2img, from_image=True)
     img2img.set_defaults(run=run_img2img)
 
     inpaint = command_factory(
@@ -107,7 +107,7 @@ def add_commands(commands: argparse._SubParsersAction, command_factory: Any) -> 
         "--no-paste-back", action="store_true", help="return the decoded image as is (original)"
     )
     _model_flags(inpaint)
-    _generation_flags(inpaint, size_default=None)
+    _generation_flags(inpaint, from_image=True)
     inpaint.set_defaults(run=run_inpaint)
 
     outpaint = command_factory(
@@ -125,7 +125,7 @@ def add_commands(commands: argparse._SubParsersAction, command_factory: Any) -> 
         "--overlap", type=int, default=16, help="seam band redrawn inside the old border"
     )
     _model_flags(outpaint)
-    _generation_flags(outpaint, size_default=None, sizes=False)
+    _generation_flags(outpaint, from_image=True, sizes=False)
     outpaint.set_defaults(run=run_outpaint)
 
     for name, help_text in (
@@ -175,7 +175,7 @@ def _model_flags(sub: argparse.ArgumentParser) -> None:
 
 
 def _generation_flags(
-    sub: argparse.ArgumentParser, size_default: int | None = 512, sizes: bool = True
+    sub: argparse.ArgumentParser, from_image: bool = False, sizes: bool = True
 ) -> None:
     sub.add_argument("-n", "--num-images", type=int, default=1, help="images per prompt")
     sub.add_argument(
@@ -183,13 +183,13 @@ def _generation_flags(
     )
     sub.add_argument("--out", default="outputs", help="folder for the PNGs (never overwritten)")
     if sizes:
-        hint = "" if size_default else " (default: the input image's)"
-        sub.add_argument(
-            "--height", type=int, default=size_default, help=f"pixels, multiple of 8{hint}"
+        hint = (
+            "the input image's"
+            if from_image
+            else "the model's native size: 512, 64 for the demo model"
         )
-        sub.add_argument(
-            "--width", type=int, default=size_default, help=f"pixels, multiple of 8{hint}"
-        )
+        sub.add_argument("--height", type=int, help=f"pixels, multiple of 8 (default: {hint})")
+        sub.add_argument("--width", type=int, help=f"pixels, multiple of 8 (default: {hint})")
     sub.add_argument("--steps", type=int, default=50, help="decoder steps")
     sub.add_argument("--guidance", type=float, default=4.0, help="decoder guidance scale")
     sub.add_argument("--sampler", default="ddim", help="p_sampler, ddim, plms, dpmpp_2m, euler_a")
@@ -222,9 +222,6 @@ def load_pipeline(args: argparse.Namespace, inpainting: bool = False):
             )
         args.model = str(weights)
         inpainting = True
-        for key in ("height", "width"):  # the demo model draws 64×64; 512 is the CLI default
-            if getattr(args, key, None) == 512:
-                setattr(args, key, 64)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = args.dtype or ("fp16" if device.startswith("cuda") else "fp32")
     bar = None

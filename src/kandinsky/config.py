@@ -31,6 +31,7 @@ class UNetConfig:
     num_image_tokens: int = 10
     norm_groups: int = 32
     norm_eps: float = 1e-5
+    sample_size: int = 64  # latent side it was trained at (diffusers' field): the default size
 
     @property
     def widths(self) -> tuple[int, ...]:

@@ -102,8 +102,8 @@ class Kandinsky21:
         num_images: int = 1,
         seed: int | Sequence[int] | None = None,
         generator: torch.Generator | Sequence[torch.Generator] | None = None,
-        height: int = 512,
-        width: int = 512,
+        height: int | None = None,
+        width: int | None = None,
         guidance_scale: float = 4.0,
         num_steps: int = 50,
         sampler: str = "ddim",
@@ -120,6 +120,7 @@ class Kandinsky21:
     ) -> GenerationResult:
         """Images from text (any language M-CLIP knows)."""
         prompts = check.prompts(prompt)
+        height, width = self._size(height, width)
         job, seeds, params = self._job(locals(), prompts, num_images)
         out = text2img_mode.text2img(
             job,
@@ -144,8 +145,8 @@ class Kandinsky21:
         num_images: int = 1,
         seed: int | Sequence[int] | None = None,
         generator: torch.Generator | Sequence[torch.Generator] | None = None,
-        height: int = 512,
-        width: int = 512,
+        height: int | None = None,
+        width: int | None = None,
         guidance_scale: float = 4.0,
         num_steps: int = 50,
         sampler: str = "ddim",
@@ -162,6 +163,7 @@ class Kandinsky21:
             raise InvalidInput("items must be a non-empty list of texts and images")
         checked = [item if isinstance(item, str) else _input_image(item, "items") for item in items]
         mix_weights = check.weights(weights, len(checked))
+        height, width = self._size(height, width)
         job, seeds, params = self._job(locals(), [prompt], num_images)
         params["items"] = [
             item if isinstance(item, str) else f"<image {item.width}x{item.height}>"
@@ -181,8 +183,8 @@ class Kandinsky21:
         num_images: int = 1,
         seed: int | Sequence[int] | None = None,
         generator: torch.Generator | Sequence[torch.Generator] | None = None,
-        height: int = 512,
-        width: int = 512,
+        height: int | None = None,
+        width: int | None = None,
         guidance_scale: float = 4.0,
         num_steps: int = 50,
         sampler: str = "ddim",
@@ -196,6 +198,7 @@ class Kandinsky21:
     ) -> GenerationResult:
         """New images with the content and style of `image` (its exact CLIP embedding)."""
         source = _input_image(image)
+        height, width = self._size(height, width)
         job, seeds, params = self._job(locals(), [prompt], num_images)
         out = variations_mode.variations(job, source, prompt=prompt, latents=latents)
         return self._result("variations", out, seeds, params, output_type)
@@ -447,6 +450,19 @@ class Kandinsky21:
         self._loras.clear()
 
     # ------------------------------------------------------------------ plumbing
+
+    @property
+    def native_size(self) -> tuple[int, int]:
+        """(height, width) the decoder was trained at: the default output size (512×512 for
+        Kandinsky 2.1, 64×64 for the demo model)."""
+        config = self.parts.config
+        side = config.unet.sample_size * config.movq.downscale
+        return side, side
+
+    def _size(self, height: int | None, width: int | None) -> tuple[int, int]:
+        """Missing sides from `native_size`."""
+        native_h, native_w = self.native_size
+        return (native_h if height is None else height), (native_w if width is None else width)
 
     def _job(
         self, args: dict[str, Any], prompts: list[str], num_images: int

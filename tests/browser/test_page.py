@@ -210,6 +210,9 @@ def _write_input(tmp_path: Path, width: int, height: int, seed: int = 0) -> Path
 
 
 def test_text2img_generates_a_64px_png_and_reuses_its_seed(page):
+    # the model's own size is the default (512 for this tiny model, 64 for the demo model)
+    assert page.is_checked('#t2i-size-preset input[value="Model\'s size"]')
+    assert page.input_value("#t2i-width input") == "512"
     page.fill("#t2i-prompt textarea", "a red circle on the left of a blue square")
     page.fill("#t2i-width input", "64")
     page.fill("#t2i-height input", "64")

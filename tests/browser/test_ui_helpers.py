@@ -194,6 +194,9 @@ def test_size_presets_custom_and_input_size():
     assert ui.resolve_size(ui.INPUT_SIZE, 64, 64) == (None, None)
     assert ui.preset_size("768 × 768") == (768, 768)
     assert ui.preset_size(ui.CUSTOM) is None and ui.preset_size(ui.INPUT_SIZE) is None
+    # the model's own size (64×64 for the demo model) is what "Model's size" stands for
+    assert ui.resolve_size(ui.MODEL_SIZE, 512, 512, (64, 64)) == (64, 64)
+    assert ui.preset_size(ui.MODEL_SIZE, (64, 48)) == (64, 48)
     with pytest.raises(InvalidInput, match="width is empty"):
         ui.resolve_size(ui.CUSTOM, None, 64)
     with pytest.raises(InvalidInput, match="unknown"):

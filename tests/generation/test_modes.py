@@ -27,6 +27,22 @@ def test_text2img_returns_the_asked_size(pipe, height, width) -> None:
     assert result.seeds == [0] and result.params[0]["seed"] == 0
 
 
+def test_default_size_is_the_models_own(pipe) -> None:
+    from dataclasses import replace
+
+    from kandinsky.checkpoints.diffusers_unet import from_diffusers_config, to_diffusers_config
+    from kandinsky.pipeline import Kandinsky21
+
+    assert pipe.native_size == (512, 512)  # sample_size 64 latents × MoVQ's 8
+    unet = replace(pipe.parts.config.unet, sample_size=8)  # the demo model's 8×8 latents
+    assert from_diffusers_config(to_diffusers_config(unet)) == unet
+    small = Kandinsky21(replace(pipe.parts, config=replace(pipe.parts.config, unet=unet)))
+    assert small.native_size == (64, 64)
+    result = small.text2img("a red circle", seed=0, **FAST)
+    assert result.image.size == (64, 64) and result.params[0]["height"] == 64
+    assert small.text2img("a red circle", seed=0, width=96, **FAST).image.size == (96, 64)
+
+
 @pytest.mark.parametrize("sampler", ["p_sampler", "ddim", "plms", "dpmpp_2m", "euler_a"])
 def test_same_seed_gives_the_same_image_whatever_the_batch_size(pipe, sampler) -> None:
     size = {"height": 64, "width": 64, "sampler": sampler, **FAST}

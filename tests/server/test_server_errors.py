@@ -175,7 +175,7 @@ BAD = [
     ("text2img", {"prompt": "x", "sampler": "magic"}, "sampler"),
     ("text2img", {"prompt": "x", "prior_sampler": "magic"}, "prior_sampler"),
     ("text2img", {"prompt": "x", "seed": "abc"}, "seed"),
-    ("text2img", {"prompt": "x", "height": None}, "height"),
+    ("text2img", {"prompt": "x", "height": 0}, "height"),
     ("mix", {"items": [], "weights": []}, "items"),
     ("mix", {"items": ["a", "b"], "weights": [0.5, -0.5]}, "weights"),
     ("mix", {"items": ["a"], "weights": [1, 2]}, "weights"),
@@ -265,3 +265,13 @@ def test_api_key(make_client, monkeypatch):
     assert response.status_code == 200
     spec = client.get("/openapi.json", headers=good).json()
     assert "HTTPBearer" in spec["components"]["securitySchemes"]
+
+
+def test_missing_size_is_the_models_own(client, tiny_pipe, monkeypatch):
+    """No height/width: the model's native size (64×64 for the demo model), not a fixed 512."""
+    monkeypatch.setattr(type(tiny_pipe), "native_size", property(lambda self: (64, 72)))
+    body = {k: v for k, v in {"prompt": "x", **FAST}.items() if k not in ("height", "width")}
+    response = client.post("/v1/text2img", json=body)
+    assert response.status_code == 200, response.text
+    image = response.json()["images"][0]
+    assert (image["height"], image["width"]) == (64, 72)

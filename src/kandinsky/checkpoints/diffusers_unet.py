@@ -3,8 +3,8 @@
 State-dict keys need no mapping: `kandinsky.models.unet.UNet` uses diffusers' key names.
 Only configs that describe the Kandinsky 2.1 decoder architecture (reference §6.2) are
 accepted; anything else (Stable Diffusion's transformer blocks, other embeddings, ...) raises
-`LayoutError`. Fields that do not change the weights or the maths (`sample_size`,
-`downsample_padding`, `upcast_attention`, ...) are written with the released values and
+`LayoutError`. `sample_size` (the latent side it was trained at) sets the pipeline's default image size.
+Fields that do not change the weights or the maths (`downsample_padding`, `upcast_attention`, ...) are written with the released values and
 ignored when read.
 """
 
@@ -56,7 +56,6 @@ _COSMETIC: dict[str, Any] = {
     "downsample_padding": 1,
     "mid_block_only_cross_attention": None,
     "projection_class_embeddings_input_dim": None,
-    "sample_size": 64,
     "time_embedding_dim": None,
     "upcast_attention": False,
     "use_linear_projection": False,
@@ -94,6 +93,7 @@ def to_diffusers_config(cfg: UNetConfig) -> dict[str, Any]:
         "norm_eps": cfg.norm_eps,
         "norm_num_groups": cfg.norm_groups,
         "out_channels": cfg.out_channels,
+        "sample_size": cfg.sample_size,
         "up_block_types": up,
     }
     return dict(sorted(d.items()))
@@ -107,6 +107,11 @@ def _single(c: dict[str, Any], key: str) -> Any:
             raise LayoutError(f"UNet config has per-level {key}={value}; we need one value")
         return value[0]
     return value
+
+
+def _side(value: Any) -> int:
+    """diffusers' sample_size: an int or [height, width] (we keep one side)."""
+    return int(value[0] if isinstance(value, list | tuple) else value)
 
 
 def from_diffusers_config(d: dict[str, Any]) -> UNetConfig:
@@ -178,4 +183,5 @@ def from_diffusers_config(d: dict[str, Any]) -> UNetConfig:
         num_image_tokens=_NUM_IMAGE_TOKENS,
         norm_groups=c["norm_num_groups"],
         norm_eps=c["norm_eps"],
+        sample_size=_side(c.get("sample_size") or 64),
     )

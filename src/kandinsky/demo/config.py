@@ -44,6 +44,7 @@ _UNET = UNetConfig(
     image_embed_dim=D,
     num_image_tokens=10,
     norm_groups=16,
+    sample_size=IMAGE_SIZE // 8,  # 8×8 latents: 64×64 images by default
 )
 
 DEMO = ModelConfig(

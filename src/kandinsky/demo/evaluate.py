@@ -69,7 +69,7 @@ def evaluate(
     for shapes in (1, 2):
         for language in ("en", "ru"):
             prompts = data.eval_prompts(n_prompts, seed, language=language, num_shapes=shapes)
-            images = pipe.text2img([t for t, _ in prompts], height=size, width=size, **opts).images
+            images = _text2img([t for t, _ in prompts], pipe, size, opts)
             if language == "en":
                 generated += images
             scores = judge_lib.adherence([s for _, s in prompts], judge.predict(images))
@@ -97,7 +97,7 @@ def evaluate(
     if untrained:
         prompts = [t for t, _ in data.eval_prompts(n_prompts, seed, "en", 1)]
         prompts += [t for t, _ in data.eval_prompts(n_prompts, seed, "en", 2)]
-        base = untrained.text2img(prompts, height=size, width=size, **opts).images
+        base = _text2img(prompts, untrained, size, opts)
         fd_base = judge_lib.frechet_distance(judge.features(base), real_features)
         rows.append(_row(f"Fréchet distance, untrained model (N={len(base)})", fd_base, "", None))
         rows.append(
@@ -128,6 +128,18 @@ def _has(scene: data.Scene, kind: str, color: str, position: str | None = None) 
         s.kind == kind and s.color == color and (position is None or s.position == position)
         for s in scene.shapes
     )
+
+
+def _text2img(prompts: list[str], pipe: Any, size: int, opts: dict, chunk: int = 32) -> list:
+    """One image per prompt, `chunk` prompts per call (a call makes at most 64); image i
+    gets seed + i whatever the chunking."""
+    images = []
+    for start in range(0, len(prompts), chunk):
+        part = {**opts, "seed": opts["seed"] + start}
+        images += pipe.text2img(
+            prompts[start : start + chunk], height=size, width=size, **part
+        ).images
+    return images
 
 
 def _inpaint_rows(pipe, judge, n, seed, size, opts) -> list[Row]:

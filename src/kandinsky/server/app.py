@@ -326,6 +326,11 @@ class _Service:
 
     def _prepare(self, mode: str, body: BaseModel) -> dict[str, Any]:
         kwargs = body.model_dump()
+        if mode in ("text2img", "mix", "variations"):  # a missing side: the model's own
+            native = getattr(self.worker.pipe, "native_size", (512, 512))
+            for key, side in zip(("height", "width"), native, strict=True):
+                if kwargs.get(key) is None:
+                    kwargs[key] = side
         self._check_limits(kwargs)
         pixels = self.settings.max_image_pixels
         for name in IMAGE_FIELDS:

@@ -43,12 +43,17 @@ class _Common(_Base):
 _SERVER_LIMIT = " The server may allow less: see max_output_pixels in /v1/models limits."
 
 
+_NATIVE = " Default: the model's native size (512 for Kandinsky 2.1, 64 for the demo model)."
+
+
 class _Size(_Base):
-    height: int = Field(
-        512, description="Output height in pixels (multiple of 8, 64…4096)." + _SERVER_LIMIT
+    height: int | None = Field(
+        None,
+        description="Output height in pixels (multiple of 8, 64…4096)." + _NATIVE + _SERVER_LIMIT,
     )
-    width: int = Field(
-        512, description="Output width in pixels (multiple of 8, 64…4096)." + _SERVER_LIMIT
+    width: int | None = Field(
+        None,
+        description="Output width in pixels (multiple of 8, 64…4096)." + _NATIVE + _SERVER_LIMIT,
     )
 
 

@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 SAMPLERS = ("ddim", *(name for name in SAMPLER_FUNCTIONS if name != "ddim"))  # default first
 CUSTOM = "Custom"
 INPUT_SIZE = "Input image size"
+MODEL_SIZE = "Model's size"  # the size the decoder was trained at (512², 64² for the demo)
 SIZE_PRESETS: dict[str, tuple[int, int] | None] = {  # label → (width, height)
     "512 × 512": (512, 512),
     "768 × 768": (768, 768),
@@ -158,10 +159,17 @@ def reuse_seed(last_seeds: Sequence[int] | None, current: float | int | None) ->
     return last_seeds[0] if last_seeds else current
 
 
-def resolve_size(preset: str, width: Any, height: Any) -> tuple[int | None, int | None]:
-    """(width, height) for the call; (None, None) = the input image's own size."""
+def resolve_size(
+    preset: str, width: Any, height: Any, native: tuple[int, int] = (512, 512)
+) -> tuple[int | None, int | None]:
+    """(width, height) for the call; (None, None) = the input image's own size.
+
+    `native`: the model's (width, height), what `MODEL_SIZE` stands for.
+    """
     if preset == INPUT_SIZE:
         return None, None
+    if preset == MODEL_SIZE:
+        return native
     fixed = SIZE_PRESETS.get(preset)
     if fixed is not None:
         return fixed
@@ -170,9 +178,9 @@ def resolve_size(preset: str, width: Any, height: Any) -> tuple[int | None, int 
     return _int(width, "width"), _int(height, "height")
 
 
-def preset_size(preset: str) -> tuple[int, int] | None:
+def preset_size(preset: str, native: tuple[int, int] = (512, 512)) -> tuple[int, int] | None:
     """The width/height a preset puts into the size fields (None: Custom / input size keep them)."""
-    return SIZE_PRESETS.get(preset)
+    return native if preset == MODEL_SIZE else SIZE_PRESETS.get(preset)
 
 
 def input_image_size(value: Any) -> tuple[int, int] | None:
@@ -261,6 +269,7 @@ class Options:
     prior_sampler: gr.Dropdown
     seed: gr.Number
     last_seeds: gr.State
+    native: tuple[int, int] = (512, 512)  # the model's (width, height)
 
     def inputs(self) -> set[Component]:
         fields = (
@@ -297,7 +306,7 @@ class Options:
             kwargs["negative_prior_prompt"] = data[self.negative_prior_prompt] or ""
         if self.preset is not None:
             width, height = resolve_size(
-                data[self.preset], data.get(self.width), data.get(self.height)
+                data[self.preset], data.get(self.width), data.get(self.height), self.native
             )
             if width is not None:
                 kwargs.update(width=width, height=height)
@@ -311,8 +320,11 @@ class Output:
     params: gr.Textbox
 
 
-def _size_controls(prefix: str, *, from_image: bool) -> tuple[gr.Radio, gr.Number, gr.Number]:
-    choices = [INPUT_SIZE, *SIZE_PRESETS] if from_image else list(SIZE_PRESETS)
+def _size_controls(
+    prefix: str, *, from_image: bool, native: tuple[int, int]
+) -> tuple[gr.Radio, gr.Number, gr.Number]:
+    presets = [MODEL_SIZE, *(p for p, v in SIZE_PRESETS.items() if v != native)]
+    choices = [INPUT_SIZE, *presets] if from_image else presets
     with gr.Row(equal_height=True):
         preset = gr.Radio(
             choices,
@@ -321,15 +333,20 @@ def _size_controls(prefix: str, *, from_image: bool) -> tuple[gr.Radio, gr.Numbe
             elem_id=f"{prefix}-size-preset",
             scale=3,
         )
-        width = gr.Number(
-            value=512, label="Width", precision=0, step=8, elem_id=f"{prefix}-width", min_width=90
-        )
-        height = gr.Number(
-            value=512, label="Height", precision=0, step=8, elem_id=f"{prefix}-height", min_width=90
+        width, height = (
+            gr.Number(
+                value=side,
+                label=label,
+                precision=0,
+                step=8,
+                elem_id=f"{prefix}-{label.lower()}",
+                min_width=90,
+            )
+            for label, side in (("Width", native[0]), ("Height", native[1]))
         )
 
     def fill_size(choice: str) -> tuple[Any, Any]:
-        fixed = preset_size(choice)  # no update otherwise: it could undo a size being typed
+        fixed = preset_size(choice, native)  # no update otherwise: it could undo a size being typed
         return fixed if fixed is not None else (gr.skip(), gr.skip())
 
     preset.input(fill_size, inputs=preset, outputs=[width, height], api_visibility="private")
@@ -348,9 +365,10 @@ def _options(
 ) -> Options:
     max_steps = int(getattr(settings, "max_steps", 150))
     max_images = int(getattr(settings, "max_images", 4))
+    native = tuple(getattr(settings, "native_size", (512, 512)))
     preset = width = height = None
     if size != "none":
-        preset, width, height = _size_controls(prefix, from_image=size == "image")
+        preset, width, height = _size_controls(prefix, from_image=size == "image", native=native)
     num_images = gr.Slider(
         1, max(1, max_images), value=1, step=1, label="Images", elem_id=f"{prefix}-num-images"
     )
@@ -429,6 +447,7 @@ def _options(
         prior_sampler,
         seed,
         last_seeds,
+        native,
     )
 
 
@@ -837,15 +856,31 @@ class SizeLimited:
         return self.worker.run(mode, kwargs, timeout=timeout)
 
 
+@dataclass(frozen=True)
+class PageSettings:
+    """What the page's controls need to know: limits and the model's (width, height)."""
+
+    max_steps: int = 150
+    max_images: int = 4
+    native_size: tuple[int, int] = (512, 512)
+
+
 def build_ui(worker: Runner, settings: Any = None) -> gr.Blocks:
     """The whole UI over `worker` (anything with `run(mode, kwargs, timeout=None)`).
 
-    `settings` may carry `max_steps`, `max_images` and `model_id`; missing ones get defaults.
+    `settings` may carry `max_steps`, `max_images`, `model_id` and `max_output_pixels`;
+    missing ones get defaults. The size controls offer the model's own size first.
     """
     model_id = (
         getattr(settings, "model_id", "")
         or getattr(getattr(worker, "pipe", None), "model_id", "")
         or ""
+    )
+    height, width = getattr(getattr(worker, "pipe", None), "native_size", (512, 512))
+    page = PageSettings(
+        max_steps=int(getattr(settings, "max_steps", 150)),
+        max_images=int(getattr(settings, "max_images", 4)),
+        native_size=(width, height),
     )
     worker = SizeLimited(worker, getattr(settings, "max_output_pixels", None))
     with gr.Blocks(title="Kandinsky 2.1", analytics_enabled=False) as demo:
@@ -856,7 +891,7 @@ def build_ui(worker: Runner, settings: Any = None) -> gr.Blocks:
         with gr.Tabs(elem_id="modes"):
             for label, prefix, make in TABS:
                 with gr.Tab(label, id=prefix, elem_id=f"tab-{prefix}"):
-                    make(worker, settings)
+                    make(worker, page)
     return demo
 
 
