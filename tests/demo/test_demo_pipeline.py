@@ -128,3 +128,34 @@ def test_eval_chunks_text2img_calls_without_changing_the_images(tmp_path):
     assert len(chunked) == 5  # image i has seed 7 + i either way (rounding aside: ≤ 1/255)
     for a, b in zip(chunked, whole, strict=True):
         assert np.abs(np.asarray(a, dtype=int) - np.asarray(b, dtype=int)).max() <= 1
+
+
+def test_layout_variant_differs_only_in_kind_or_position():
+    rng = np.random.default_rng(0)
+    for example in data.generate(40, seed=2, size=64):
+        scene, variant = example.scene, encoders.layout_variant(example.scene, rng)
+        assert variant.background == scene.background
+        assert sorted(s.color for s in variant.shapes) == sorted(s.color for s in scene.shapes)
+        changed = [(a, b) for a, b in zip(scene.shapes, variant.shapes, strict=True) if a != b]
+        assert len(changed) == 1
+        a, b = changed[0]
+        assert (a.kind != b.kind) != (a.position != b.position)  # exactly one of the two
+
+
+def test_layout_probe_reads_what_the_embedding_holds():
+    """A 'vision tower' whose embedding is the mean colour knows colour, not place or kind."""
+    examples = [e for e in data.generate(400, seed=4, size=64) if len(e.scene.shapes) == 1]
+    images = np.stack([np.asarray(e.image) for e in examples])
+    scenes = [e.scene for e in examples]
+
+    class MeanColour(torch.nn.Module):
+        def forward(self, pixel_values):
+            x = pixel_values.flatten(2)
+            feats = torch.cat([x.mean(-1), x.amax(-1), x.amin(-1)], dim=1)
+            return type("Out", (), {"image_embeds": feats})()
+
+    probe = encoders.layout_probe(MeanColour(), DEMO, images, scenes)
+    assert probe.keys() == {"kind", "color", "size", "position"}
+    assert probe["position"] < 0.5  # pooled colour statistics carry no place
+    with pytest.raises(ValueError, match="20 one-shape"):
+        encoders.layout_probe(MeanColour(), DEMO, images[:5], scenes[:5])

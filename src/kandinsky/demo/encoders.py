@@ -19,6 +19,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -225,6 +226,24 @@ def _report(
         log(f"{name} step {step + 1}/{steps} {what} {np.mean(losses[-50:]):.5f} ({rate:.2f} it/s)")
 
 
+def layout_variant(scene: data.Scene, rng: np.random.Generator) -> data.Scene:
+    """`scene` with one shape's kind or position changed, colours and background kept.
+
+    A hard negative: in a batch of random scenes colours and backgrounds alone tell every
+    pair apart, and the towers never learn shape or place (the first demo run's CLIP probed
+    at chance for both); a scene and its variant differ only there.
+    """
+    shapes = list(scene.shapes)
+    i = int(rng.integers(len(shapes)))
+    free = [p for p in data.POSITIONS if p not in {s.position for s in shapes}]
+    if free and rng.random() < 0.5:
+        shapes[i] = replace(shapes[i], position=free[int(rng.integers(len(free)))])
+    else:
+        kinds = [k for k in data.KINDS if k != shapes[i].kind]
+        shapes[i] = replace(shapes[i], kind=kinds[int(rng.integers(len(kinds)))])
+    return data.Scene(tuple(shapes), scene.background)
+
+
 def train_clip(
     images: torch.Tensor,
     scenes: Sequence[data.Scene],
@@ -233,23 +252,79 @@ def train_clip(
     plan: StagePlan,
     seed: int,
     log: Log = print,
+    hard_negatives: float = 0.5,
 ) -> tuple[ClipPair, list[float]]:
-    """Contrastive training of the tiny CLIP; `images` uint8 (N, H, W, 3). Returns (model, losses)."""
+    """Contrastive training of the tiny CLIP; `images` uint8 (N, H, W, 3). Returns (model, losses).
+
+    `hard_negatives`: the fraction of each batch that is a `layout_variant` of another
+    scene in it (rendered on the fly), so the loss needs kind and position.
+    """
     torch.manual_seed(seed)
     model = ClipPair(config).train()
     opt, sched = _adamw(model.parameters(), plan.lr, plan.steps)
     rng = np.random.default_rng(seed)
     max_len = config.prior.text_ctx
+    size = config.clip.vision.image_size
     losses, start = [], time.perf_counter()
     for step in range(plan.steps):
-        idx = rng.choice(len(scenes), size=min(plan.batch_size, len(scenes)), replace=False)
-        texts = [data.caption(scenes[i], "en" if rng.random() < 0.5 else "ru", rng) for i in idx]
+        batch_size = min(plan.batch_size, len(scenes))
+        n_hard = min(int(batch_size * hard_negatives), batch_size // 2)
+        idx = rng.choice(len(scenes), size=batch_size - n_hard, replace=False)
+        batch_scenes = [scenes[i] for i in idx]
+        batch = torch.from_numpy(np.asarray(images)[idx])
+        if n_hard:
+            variants = [layout_variant(scenes[i], rng) for i in idx[:n_hard]]
+            drawn = [np.asarray(data.render(v, size=size, rng=rng)) for v in variants]
+            batch = torch.cat([batch, torch.from_numpy(np.stack(drawn))])
+            batch_scenes += variants
+        texts = [data.caption(s, "en" if rng.random() < 0.5 else "ru", rng) for s in batch_scenes]
         ids = _tokens(tokenizer, texts, max_len)["input_ids"]
-        batch = torch.from_numpy(images[idx]) if isinstance(images, np.ndarray) else images[idx]
         loss = contrastive_loss(model(ids, clip_input(batch, config)))
         _update(loss, model, opt, sched, losses)
         _report(log, "clip", "loss", step, plan.steps, losses, start)
     return model.eval(), losses
+
+
+def layout_probe(
+    vision: nn.Module,
+    config: ModelConfig,
+    images: np.ndarray,
+    scenes: Sequence[data.Scene],
+    steps: int = 300,
+) -> dict[str, float]:
+    """Held-out accuracy of linear probes on the image embeddings of one-shape scenes.
+
+    What the prior's target space knows per attribute (kind, colour, size, position): the
+    decoder can only draw what is in it. `images` uint8 (N, H, W, 3) with their `scenes`;
+    the one-shape ones are used, 80/20 split, softmax regression on normalised embeddings.
+    """
+    keep = [i for i, scene in enumerate(scenes) if len(scene.shapes) == 1]
+    if len(keep) < 20:
+        raise ValueError("the layout probe needs at least 20 one-shape scenes")
+    single = [scenes[i] for i in keep]
+    images = torch.from_numpy(np.asarray(images)[keep])
+    with torch.no_grad():
+        embeds = torch.cat(
+            [vision(pixel_values=clip_input(x, config)).image_embeds for x in images.split(256)]
+        )
+    embeds = F.normalize(embeds, dim=-1) * 10
+    cut = int(0.8 * len(single))
+    result = {}
+    for attr in ("kind", "color", "size", "position"):
+        labels = [getattr(scene.shapes[0], attr) for scene in single]
+        names = sorted(set(labels))
+        y = torch.tensor([names.index(label) for label in labels])
+        with torch.enable_grad(), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            probe = nn.Linear(embeds.shape[1], len(names))
+            opt = torch.optim.Adam(probe.parameters(), lr=1e-2)
+            for _ in range(steps):
+                opt.zero_grad()
+                F.cross_entropy(probe(embeds[:cut]), y[:cut]).backward()
+                opt.step()
+        with torch.no_grad():
+            result[attr] = float((probe(embeds[cut:]).argmax(1) == y[cut:]).float().mean())
+    return result
 
 
 @torch.no_grad()

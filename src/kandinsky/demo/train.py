@@ -200,7 +200,7 @@ def _load_images(folder: Path) -> tuple[np.ndarray, list]:
 
 
 def _stage_encoders(ctx: _Context) -> dict:
-    from kandinsky.demo import data, encoders
+    from kandinsky.demo import encoders
     from kandinsky.demo.config import CLIP_VOCAB, MCLIP_VOCAB
 
     p, out = ctx.plan, ctx.out / "encoders"
@@ -215,8 +215,12 @@ def _stage_encoders(ctx: _Context) -> dict:
     )
     _write_losses(out / "clip_losses.csv", clip_losses)
     _write_losses(out / "mclip_losses.csv", mse)
-    heldout_scenes = [s for _, s in data.read_scenes(ctx.heldout_folder)]
+    heldout_images, heldout_scenes = _load_images(ctx.heldout_folder)
     same, other = encoders.cross_lingual_margin(student, mclip_tok, heldout_scenes[:64], p.seed)
+    probe = {}  # what the image embeddings know per attribute (needs ≥ 20 one-shape scenes)
+    if sum(len(scene.shapes) == 1 for scene in heldout_scenes) >= 20:
+        probe = encoders.layout_probe(clip.vision, DEMO, heldout_images, heldout_scenes)
+        ctx.log(f"encoders: image-embedding probe {probe}")
     networks = {"clip_text": clip.text, "clip_vision": clip.vision, "text_encoder": student}
     torch.manual_seed(p.seed)
     from kandinsky.loading import build_network
@@ -230,6 +234,7 @@ def _stage_encoders(ctx: _Context) -> dict:
         "mclip_mse": [mse[0], float(np.mean(mse[-20:]))],
         "en_ru_cosine_same_scene": same,
         "en_ru_cosine_other_scenes": other,
+        "layout_probe": probe,
         "clip_vocab": len(clip_tok),
         "mclip_vocab": len(mclip_tok),
     }
