@@ -56,6 +56,11 @@ def test_contrastive_loss_falls(corpus, tokenizers):
         images, scenes, clip_tok, DEMO, StagePlan(60, 32, 2e-3), seed=0, log=lambda _: None
     )
     assert np.mean(losses[-10:]) < 0.85 * np.mean(losses[:10])
+    # the full plan's batches: half of them layout variants rendered on the fly
+    _, hard = encoders.train_clip(
+        images, scenes, clip_tok, DEMO, StagePlan(3, 16, 1e-3), 0, lambda _: None, 0.5
+    )
+    assert len(hard) == 3 and all(np.isfinite(hard))
 
 
 def test_distillation_brings_languages_together(corpus, tokenizers):

@@ -106,6 +106,7 @@ class DemoPlan:
     train_images: int = 20000
     heldout_images: int = 500
     clip: StagePlan = StagePlan(1500, 128, 1e-3)
+    clip_hard_negatives: float = 0.5  # batch share of layout variants (encoders.train_clip)
     mclip: StagePlan = StagePlan(1500, 64, 1e-3)
     movq: StagePlan = StagePlan(4000, 16, 1e-3)
     prior: StagePlan = StagePlan(4000, 64, 3e-4)
@@ -131,6 +132,7 @@ class DemoPlan:
             train_images=256,
             heldout_images=32,
             clip=StagePlan(30, 32, 1e-3),
+            clip_hard_negatives=0.0,
             mclip=StagePlan(30, 32, 1e-3),
             movq=StagePlan(6, 8, 1e-3),
             prior=StagePlan(6, 8, 5e-4),

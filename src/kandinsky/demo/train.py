@@ -209,7 +209,9 @@ def _stage_encoders(ctx: _Context) -> dict:
     corpus = encoders.caption_corpus(scenes, p.seed)
     clip_tok = encoders.train_clip_tokenizer(corpus, out / "clip_tokenizer", CLIP_VOCAB)
     mclip_tok = encoders.train_mclip_tokenizer(corpus, out / "tokenizer", MCLIP_VOCAB)
-    clip, clip_losses = encoders.train_clip(images, scenes, clip_tok, DEMO, p.clip, p.seed, ctx.log)
+    clip, clip_losses = encoders.train_clip(
+        images, scenes, clip_tok, DEMO, p.clip, p.seed, ctx.log, p.clip_hard_negatives
+    )
     student, mse = encoders.distill_mclip(
         scenes, clip.text, clip_tok, mclip_tok, DEMO, p.mclip, p.seed, ctx.log
     )
