@@ -267,10 +267,10 @@ def train_clip(
     rng = np.random.default_rng(seed)
     max_len = config.prior.text_ctx
     size = config.clip.vision.image_size
+    batch_size = min(plan.batch_size, len(scenes))
+    n_hard = min(int(batch_size * hard_negatives), batch_size // 2)
     losses, start = [], time.perf_counter()
     for step in range(plan.steps):
-        batch_size = min(plan.batch_size, len(scenes))
-        n_hard = min(int(batch_size * hard_negatives), batch_size // 2)
         idx = rng.choice(len(scenes), size=batch_size - n_hard, replace=False)
         batch_scenes = [scenes[i] for i in idx]
         batch = torch.from_numpy(np.asarray(images)[idx])

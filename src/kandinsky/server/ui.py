@@ -251,6 +251,15 @@ def _int(value: Any, name: str) -> int:
 # ---------------------------------------------------------------------------- widgets
 
 
+@dataclass(frozen=True)
+class PageSettings:
+    """What the page's controls need to know: limits and the model's (width, height)."""
+
+    max_steps: int = 150
+    max_images: int = 4
+    native_size: tuple[int, int] = (512, 512)
+
+
 @dataclass
 class Options:
     """The controls every tab shares: size, count, the "Advanced" accordion, seed."""
@@ -358,14 +367,12 @@ def _size_controls(
 
 def _options(
     prefix: str,
-    settings: Any,
+    page: PageSettings,
     *,
     size: str = "presets",  # "presets" | "image" (input size first) | "none"
     negative_prior: bool = True,
 ) -> Options:
-    max_steps = int(getattr(settings, "max_steps", 150))
-    max_images = int(getattr(settings, "max_images", 4))
-    native = tuple(getattr(settings, "native_size", (512, 512)))
+    max_steps, max_images, native = page.max_steps, page.max_images, page.native_size
     preset = width = height = None
     if size != "none":
         preset, width, height = _size_controls(prefix, from_image=size == "image", native=native)
@@ -567,17 +574,17 @@ def _image(value: Any, what: str) -> Image.Image:
 # ---------------------------------------------------------------------------- tabs
 
 
-def _text2img_tab(worker: Runner, settings: Any) -> None:
+def _text2img_tab(worker: Runner, page: PageSettings) -> None:
     with gr.Row():
         with gr.Column(scale=5):
             prompt = _prompt("t2i")
-            options = _options("t2i", settings)
+            options = _options("t2i", page)
         with gr.Column(scale=4):
             output = _output("t2i", "Generate")
     _wire(worker, "text2img", options, output, [prompt], lambda d: {"prompt": d[prompt]})
 
 
-def _mix_tab(worker: Runner, settings: Any) -> None:
+def _mix_tab(worker: Runner, page: PageSettings) -> None:
     texts: list[gr.Textbox] = []
     images: list[gr.Image] = []
     weights: list[gr.Slider] = []
@@ -612,7 +619,7 @@ def _mix_tab(worker: Runner, settings: Any) -> None:
                         )
                     )
             prompt = _prompt("mix", "Decoder prompt (optional)", "extra text for the decoder")
-            options = _options("mix", settings)
+            options = _options("mix", page)
         with gr.Column(scale=4):
             output = _output("mix", "Mix")
 
@@ -625,12 +632,12 @@ def _mix_tab(worker: Runner, settings: Any) -> None:
     _wire(worker, "mix", options, output, [*texts, *images, *weights, prompt], mode_kwargs)
 
 
-def _variations_tab(worker: Runner, settings: Any) -> None:
+def _variations_tab(worker: Runner, page: PageSettings) -> None:
     with gr.Row():
         with gr.Column(scale=5):
             image = _image_input("var", "Image")
             prompt = _prompt("var", "Decoder prompt (optional)", "extra text for the decoder")
-            options = _options("var", settings, negative_prior=False)
+            options = _options("var", page, negative_prior=False)
         with gr.Column(scale=4):
             output = _output("var", "Make variations")
 
@@ -640,7 +647,7 @@ def _variations_tab(worker: Runner, settings: Any) -> None:
     _wire(worker, "variations", options, output, [image, prompt], mode_kwargs)
 
 
-def _img2img_tab(worker: Runner, settings: Any) -> None:
+def _img2img_tab(worker: Runner, page: PageSettings) -> None:
     with gr.Row():
         with gr.Column(scale=5):
             image = _image_input("i2i", "Image")
@@ -657,7 +664,7 @@ def _img2img_tab(worker: Runner, settings: Any) -> None:
                     "diffusers: share run (high changes more)",
                     elem_id="i2i-strength-convention",
                 )
-            options = _options("i2i", settings, size="image")
+            options = _options("i2i", page, size="image")
         with gr.Column(scale=4):
             output = _output("i2i", "Generate")
 
@@ -673,7 +680,7 @@ def _img2img_tab(worker: Runner, settings: Any) -> None:
     _wire(worker, "img2img", options, output, [image, prompt, strength, convention], mode_kwargs)
 
 
-def _inpaint_tab(worker: Runner, settings: Any) -> None:
+def _inpaint_tab(worker: Runner, page: PageSettings) -> None:
     with gr.Row():
         with gr.Column(scale=5):
             editor = gr.ImageEditor(
@@ -694,7 +701,7 @@ def _inpaint_tab(worker: Runner, settings: Any) -> None:
                 label="Paste the unmasked pixels back exactly",
                 elem_id="inpaint-paste-back",
             )
-            options = _options("inpaint", settings, size="image")
+            options = _options("inpaint", page, size="image")
         with gr.Column(scale=4):
             output = _output("inpaint", "Inpaint")
 
@@ -712,7 +719,7 @@ def _inpaint_tab(worker: Runner, settings: Any) -> None:
     _wire(worker, "inpaint", options, output, [editor, prompt, paste_back], mode_kwargs)
 
 
-def _outpaint_tab(worker: Runner, settings: Any) -> None:
+def _outpaint_tab(worker: Runner, page: PageSettings) -> None:
     with gr.Row():
         with gr.Column(scale=5):
             image = _image_input("outpaint", "Image")
@@ -752,7 +759,7 @@ def _outpaint_tab(worker: Runner, settings: Any) -> None:
                     label="Target height (image centred)",
                     elem_id="outpaint-target-height",
                 )
-            options = _options("outpaint", settings, size="none")
+            options = _options("outpaint", page, size="none")
         with gr.Column(scale=4):
             preview = gr.Image(
                 label="Canvas preview (checkered = to be painted)",
@@ -821,7 +828,7 @@ def _outpaint_tab(worker: Runner, settings: Any) -> None:
 # ---------------------------------------------------------------------------- the app
 
 
-TABS: tuple[tuple[str, str, Callable[[Runner, Any], None]], ...] = (
+TABS: tuple[tuple[str, str, Callable[[Runner, PageSettings], None]], ...] = (
     ("Text to image", "t2i", _text2img_tab),
     ("Mix", "mix", _mix_tab),
     ("Variations", "var", _variations_tab),
@@ -854,15 +861,6 @@ class SizeLimited:
                 "pixels per image — choose a smaller size"
             )
         return self.worker.run(mode, kwargs, timeout=timeout)
-
-
-@dataclass(frozen=True)
-class PageSettings:
-    """What the page's controls need to know: limits and the model's (width, height)."""
-
-    max_steps: int = 150
-    max_images: int = 4
-    native_size: tuple[int, int] = (512, 512)
 
 
 def build_ui(worker: Runner, settings: Any = None) -> gr.Blocks:

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from kandinsky.diffusion.schedules import NUM_TRAIN_TIMESTEPS, Schedule
+from kandinsky.training.discriminator import adaptive_gan_weight
 
 LN2 = math.log(2.0)
 
@@ -206,8 +207,6 @@ def movq_loss(
         g = -disc_logits.float().mean()
         weight = disc_weight
         if last_layer is not None:
-            from kandinsky.training.discriminator import adaptive_gan_weight
-
             weight = disc_weight * adaptive_gan_weight(reconstruction, g, last_layer)
         loss = loss + weight * g
         logs["gan"] = float(g.detach())
