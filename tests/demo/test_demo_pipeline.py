@@ -147,6 +147,21 @@ def test_layout_variant_differs_only_in_kind_or_position():
         assert (a.kind != b.kind) != (a.position != b.position)  # exactly one of the two
 
 
+def _changed(scene, variant):
+    (a, b), = [(a, b) for a, b in zip(scene.shapes, variant.shapes, strict=True) if a != b]
+    return "kind" if a.kind != b.kind else "position"
+
+
+def test_layout_variant_kind_share_sets_how_often_the_kind_changes():
+    scenes = [e.scene for e in data.generate(300, seed=3, size=64)]
+    rng = np.random.default_rng(0)
+    assert {_changed(s, encoders.layout_variant(s, rng, 1.0)) for s in scenes} == {"kind"}
+    movable = [s for s in scenes if len(s.shapes) < len(data.POSITIONS)]
+    assert {_changed(s, encoders.layout_variant(s, rng, 0.0)) for s in movable} == {"position"}
+    kinds = [_changed(s, encoders.layout_variant(s, rng, 0.8)) == "kind" for s in movable]
+    assert 0.7 < np.mean(kinds) < 0.9
+
+
 def test_layout_probe_reads_what_the_embedding_holds():
     """A 'vision tower' whose embedding is the mean colour knows colour, not place or kind."""
     examples = [e for e in data.generate(400, seed=4, size=64) if len(e.scene.shapes) == 1]
@@ -164,3 +179,28 @@ def test_layout_probe_reads_what_the_embedding_holds():
     assert probe["position"] < 0.5  # pooled colour statistics carry no place
     with pytest.raises(ValueError, match="20 one-shape"):
         encoders.layout_probe(MeanColour(), DEMO, images[:5], scenes[:5])
+
+
+def test_cell_kinds_names_the_kind_in_each_cell_or_empty():
+    scene = data.Scene(
+        (data.ShapeSpec("star", "red", "small", "left"), data.ShapeSpec("heart", "blue", "large", "center")),
+        "white",
+    )
+    empty = len(data.KINDS)
+    expected = {"left": data.KINDS.index("star"), "center": data.KINDS.index("heart")}
+    assert encoders.cell_kinds(scene) == [expected.get(p, empty) for p in data.POSITIONS]
+
+
+def test_vision_warm_start_learns_the_layout_and_clip_training_begins_from_it(tokenizers):
+    examples = list(data.generate(64, seed=5, size=64))
+    images = np.stack([np.asarray(e.image) for e in examples])
+    scenes = [e.scene for e in examples]
+    vision, losses = encoders.pretrain_vision(
+        images, scenes, DEMO, StagePlan(30, 32, 1e-3), seed=0, log=lambda _: None
+    )
+    assert np.mean(losses[-5:]) < 0.6 * losses[0]
+    pair, _ = encoders.train_clip(
+        images, scenes, tokenizers[0], DEMO, StagePlan(0, 8, 1e-3), 0, vision=vision
+    )
+    for a, b in zip(pair.vision.state_dict().values(), vision.state_dict().values(), strict=True):
+        assert torch.equal(a, b)

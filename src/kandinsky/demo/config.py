@@ -105,8 +105,10 @@ class DemoPlan:
     image_size: int = IMAGE_SIZE
     train_images: int = 20000
     heldout_images: int = 500
-    clip: StagePlan = StagePlan(1500, 128, 1e-3)
+    vision_warm_start: StagePlan | None = StagePlan(1500, 128, 3e-4)  # encoders.pretrain_vision
+    clip: StagePlan = StagePlan(1500, 128, 3e-4)
     clip_hard_negatives: float = 0.5  # batch share of layout variants (encoders.train_clip)
+    clip_kind_share: float = 0.8  # of those variants, the share that change a kind, not a place
     mclip: StagePlan = StagePlan(1500, 64, 1e-3)
     movq: StagePlan = StagePlan(4000, 16, 1e-3)
     prior: StagePlan = StagePlan(4000, 64, 3e-4)
@@ -131,6 +133,7 @@ class DemoPlan:
             name="quick",
             train_images=256,
             heldout_images=32,
+            vision_warm_start=StagePlan(10, 32, 1e-3),
             clip=StagePlan(30, 32, 1e-3),
             clip_hard_negatives=0.0,
             mclip=StagePlan(30, 32, 1e-3),

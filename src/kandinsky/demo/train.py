@@ -209,8 +209,15 @@ def _stage_encoders(ctx: _Context) -> dict:
     corpus = encoders.caption_corpus(scenes, p.seed)
     clip_tok = encoders.train_clip_tokenizer(corpus, out / "clip_tokenizer", CLIP_VOCAB)
     mclip_tok = encoders.train_mclip_tokenizer(corpus, out / "tokenizer", MCLIP_VOCAB)
+    vision, warm_losses = None, []
+    if p.vision_warm_start is not None:
+        vision, warm_losses = encoders.pretrain_vision(
+            images, scenes, DEMO, p.vision_warm_start, p.seed, ctx.log
+        )
+        _write_losses(out / "vision_warm_start_losses.csv", warm_losses)
     clip, clip_losses = encoders.train_clip(
-        images, scenes, clip_tok, DEMO, p.clip, p.seed, ctx.log, p.clip_hard_negatives
+        images, scenes, clip_tok, DEMO, p.clip, p.seed, ctx.log, p.clip_hard_negatives,
+        p.clip_kind_share, vision,
     )
     student, mse = encoders.distill_mclip(
         scenes, clip.text, clip_tok, mclip_tok, DEMO, p.mclip, p.seed, ctx.log
@@ -232,6 +239,9 @@ def _stage_encoders(ctx: _Context) -> dict:
     write_model(ctx.model, DEMO, networks, clip_tok, mclip_tok)
     shutil.copytree(ctx.model, ctx.out / "untrained", dirs_exist_ok=True)
     return {
+        "vision_warm_start_loss": [warm_losses[0], float(np.mean(warm_losses[-20:]))]
+        if warm_losses
+        else None,
         "clip_loss": [clip_losses[0], float(np.mean(clip_losses[-20:]))],
         "mclip_mse": [mse[0], float(np.mean(mse[-20:]))],
         "en_ru_cosine_same_scene": same,
