@@ -204,3 +204,16 @@ def test_vision_warm_start_learns_the_layout_and_clip_training_begins_from_it(to
     )
     for a, b in zip(pair.vision.state_dict().values(), vision.state_dict().values(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_grid_labels_draw_russian_with_a_cyrillic_font_when_the_system_has_one():
+    from PIL import ImageFont
+
+    from kandinsky.demo.train import label_font
+
+    font = label_font()
+    try:
+        ImageFont.truetype("DejaVuSans.ttf", 11)
+    except OSError:
+        pytest.skip("no DejaVu Sans on this system: PIL's default font is the fallback")
+    assert font.getname()[0] == "DejaVu Sans"  # has Cyrillic, unlike PIL's bundled font

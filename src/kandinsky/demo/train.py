@@ -562,16 +562,29 @@ def plot_curve(points: list[tuple[int, float]], title: str, path: Path, log_y: b
     return path
 
 
+def label_font(size: int = 11) -> Any:
+    """A font that has Cyrillic for the grids' prompt labels (DejaVu Sans where the system has
+    it), else PIL's default (which draws Russian as boxes)."""
+    from PIL import ImageFont
+
+    for name in ("DejaVuSans.ttf", "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"):
+        try:
+            return ImageFont.truetype(name, size)
+        except OSError:
+            continue
+    return ImageFont.load_default()
+
+
 def _grid(rows: list[list[Any]], labels: list[str], cell: int = 96) -> Any:
     from PIL import Image, ImageDraw
 
     label_w = 150
     cols = max(len(r) for r in rows)
     image = Image.new("RGB", (label_w + cols * (cell + 4), len(rows) * (cell + 4)), "white")
-    draw = ImageDraw.Draw(image)
+    draw, font = ImageDraw.Draw(image), label_font()
     for i, (row, label) in enumerate(zip(rows, labels, strict=True)):
         y = i * (cell + 4)
-        draw.text((4, y + cell // 2 - 6), label, fill="black")
+        draw.text((4, y + cell // 2 - 6), label, fill="black", font=font)
         for j, im in enumerate(row):
             image.paste(im.convert("RGB").resize((cell, cell)), (label_w + j * (cell + 4), y))
     return image
