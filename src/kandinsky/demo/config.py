@@ -6,7 +6,7 @@ output, and the UNet's image-embedding / pooled-text / cross-attention widths.
 Images are 64×64; MoVQ has 4 levels (downscale 8), so latents are 8×8 and the 3-level UNet
 runs at 8, 4 and 2 pixels.
 
-`DemoPlan.full()` is sized for ≤ 3 h on one free CPU core (torch threads = free cores; see
+`DemoPlan.full()` is sized for ≤ 3 h on two free CPU cores (torch threads = free cores; see
 docs/demo/report.md for measured timings);
 `DemoPlan.quick()` runs in about two minutes and only proves the plumbing.
 """
@@ -89,11 +89,13 @@ DEMO = ModelConfig(
 
 @dataclass(frozen=True)
 class StagePlan:
-    """One trainer run: optimizer steps, batch size, learning rate."""
+    """One trainer run: optimizer steps, batch size, learning rate, EMA of the weights (the
+    exported network is the average when set)."""
 
     steps: int
     batch_size: int
     lr: float
+    ema_decay: float | None = None
 
 
 @dataclass(frozen=True)
@@ -112,8 +114,8 @@ class DemoPlan:
     mclip: StagePlan = StagePlan(1500, 64, 1e-3)
     movq: StagePlan = StagePlan(4000, 16, 1e-3)
     prior: StagePlan = StagePlan(4000, 64, 3e-4)
-    decoder: StagePlan = StagePlan(8000, 32, 4e-4)
-    inpaint: StagePlan = StagePlan(3000, 32, 2e-4)
+    decoder: StagePlan = StagePlan(24000, 32, 4e-4, ema_decay=0.999)
+    inpaint: StagePlan = StagePlan(3000, 32, 2e-4, ema_decay=0.999)
     judge_steps: int = 2000
     judge_pool: int = 12000
     checkpoint_every: int = 500
@@ -139,7 +141,7 @@ class DemoPlan:
             mclip=StagePlan(30, 32, 1e-3),
             movq=StagePlan(6, 8, 1e-3),
             prior=StagePlan(6, 8, 5e-4),
-            decoder=StagePlan(6, 8, 5e-4),
+            decoder=StagePlan(6, 8, 5e-4, ema_decay=0.9),  # the EMA export path, too
             inpaint=StagePlan(6, 8, 5e-4),
             judge_steps=20,
             judge_pool=256,
