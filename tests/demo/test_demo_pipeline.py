@@ -148,7 +148,7 @@ def test_layout_variant_differs_only_in_kind_or_position():
 
 
 def _changed(scene, variant):
-    (a, b), = [(a, b) for a, b in zip(scene.shapes, variant.shapes, strict=True) if a != b]
+    ((a, b),) = [(a, b) for a, b in zip(scene.shapes, variant.shapes, strict=True) if a != b]
     return "kind" if a.kind != b.kind else "position"
 
 
@@ -183,7 +183,10 @@ def test_layout_probe_reads_what_the_embedding_holds():
 
 def test_cell_kinds_names_the_kind_in_each_cell_or_empty():
     scene = data.Scene(
-        (data.ShapeSpec("star", "red", "small", "left"), data.ShapeSpec("heart", "blue", "large", "center")),
+        (
+            data.ShapeSpec("star", "red", "small", "left"),
+            data.ShapeSpec("heart", "blue", "large", "center"),
+        ),
         "white",
     )
     empty = len(data.KINDS)
@@ -206,14 +209,26 @@ def test_vision_warm_start_learns_the_layout_and_clip_training_begins_from_it(to
         assert torch.equal(a, b)
 
 
-def test_grid_labels_draw_russian_with_a_cyrillic_font_when_the_system_has_one():
+def test_grid_labels_use_dejavu_sans_for_cyrillic_else_pils_default(monkeypatch):
     from PIL import ImageFont
 
-    from kandinsky.demo.train import label_font
+    from kandinsky.demo import train
 
-    font = label_font()
-    try:
-        ImageFont.truetype("DejaVuSans.ttf", 11)
-    except OSError:
-        pytest.skip("no DejaVu Sans on this system: PIL's default font is the fallback")
-    assert font.getname()[0] == "DejaVu Sans"  # has Cyrillic, unlike PIL's bundled font
+    asked = []
+
+    def dejavu_only(name, size):
+        asked.append((name, size))
+        if name != "DejaVuSans.ttf":
+            raise OSError(name)
+        return "dejavu"
+
+    monkeypatch.setattr(ImageFont, "truetype", dejavu_only)
+    monkeypatch.setattr(ImageFont, "load_default", lambda: "pil default")
+    assert train.label_font() == "dejavu"  # has Cyrillic, unlike PIL's bundled font
+    assert asked == [("DejaVuSans.ttf", 11)]
+
+    def missing(name, size):
+        raise OSError(name)
+
+    monkeypatch.setattr(ImageFont, "truetype", missing)
+    assert train.label_font() == "pil default"

@@ -216,8 +216,16 @@ def _stage_encoders(ctx: _Context) -> dict:
         )
         _write_losses(out / "vision_warm_start_losses.csv", warm_losses)
     clip, clip_losses = encoders.train_clip(
-        images, scenes, clip_tok, DEMO, p.clip, p.seed, ctx.log, p.clip_hard_negatives,
-        p.clip_kind_share, vision,
+        images,
+        scenes,
+        clip_tok,
+        DEMO,
+        p.clip,
+        p.seed,
+        ctx.log,
+        hard_negatives=p.clip_hard_negatives,
+        kind_share=p.clip_kind_share,
+        vision=vision,
     )
     student, mse = encoders.distill_mclip(
         scenes, clip.text, clip_tok, mclip_tok, DEMO, p.mclip, p.seed, ctx.log
@@ -568,12 +576,10 @@ def label_font(size: int = 11) -> Any:
     it), else PIL's default (which draws Russian as boxes)."""
     from PIL import ImageFont
 
-    for name in ("DejaVuSans.ttf", "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"):
-        try:
-            return ImageFont.truetype(name, size)
-        except OSError:
-            continue
-    return ImageFont.load_default()
+    try:  # a bare name: PIL searches the system's font folders
+        return ImageFont.truetype("DejaVuSans.ttf", size)
+    except OSError:
+        return ImageFont.load_default()
 
 
 def _grid(rows: list[list[Any]], labels: list[str], cell: int = 96) -> Any:
