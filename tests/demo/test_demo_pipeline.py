@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -94,6 +96,8 @@ def test_quick_plan_end_to_end(tmp_path):
     size = sum(f.stat().st_size for f in weights.rglob("*") if f.is_file())
     assert size <= 30e6
     assert set(stage_times(out)) >= {"data", "encoders", "movq", "prior", "decoder", "inpaint"}
+    movq = json.loads((out / "stages" / "movq.json").read_text())
+    assert set(movq["reconstruction_adherence"]) >= {"shape", "color", "position", "all"}
     report = out / "docs" / "report.md"
     assert "| text2img EN 1-object adherence |" in report.read_text(encoding="utf-8")
     for name in ("clip", "mclip", "movq", "prior", "decoder", "inpaint"):

@@ -321,15 +321,37 @@ def _stage_movq(ctx: _Context) -> dict:
     images, _ = _load_images(ctx.train_folder)
     sample = torch.from_numpy(images[:256]).permute(0, 3, 1, 2).float() / 127.5 - 1
     scale = normalize_latent_scale(movq, sample)
-    with torch.no_grad():
-        recon = movq.decode(movq.encode(sample[:64])).clamp(-1, 1)
-    error = float((recon - sample[:64]).abs().mean() * 127.5)
     from kandinsky.conversion import save_network
 
     parts = load(ctx.model, components=["movq"])
     save_network("movq", movq, parts.config, final / "movq")
     _replace_component(ctx.model, final, "movq")
-    return {"latent_scale": scale, "reconstruction_mae_255": error}
+    return {"latent_scale": scale, **reconstruction_quality(movq, ctx)}
+
+
+@torch.no_grad()
+def reconstruction_quality(movq: torch.nn.Module, ctx: _Context) -> dict:
+    """Mean error and judge adherence of encode→decode on held-out scenes.
+
+    Every generated picture passes through this decoder, so its adherence is the ceiling of
+    every generation gate (a blurred star reads as a circle however good the UNet is).
+    """
+    from PIL import Image
+
+    from kandinsky.demo import judge as judge_lib
+    from kandinsky.demo.judge import Judge
+
+    images, scenes = _load_images(ctx.heldout_folder)
+    real = torch.from_numpy(images[:256]).permute(0, 3, 1, 2).float() / 127.5 - 1
+    movq.eval()
+    recon = torch.cat([movq.decode(movq.encode(chunk)) for chunk in real.split(64)]).clamp(-1, 1)
+    pixels = ((recon + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    judged = Judge.load(ctx.judge).predict([Image.fromarray(a) for a in pixels])
+    rates = judge_lib.adherence(scenes[: len(pixels)], judged)
+    return {
+        "reconstruction_mae_255": float((recon - real).abs().mean() * 127.5),
+        "reconstruction_adherence": {k: round(v, 3) for k, v in rates.items()},
+    }
 
 
 @torch.no_grad()
