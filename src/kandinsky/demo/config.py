@@ -3,8 +3,10 @@
 Every width that diffusers ties together is one number here, `D` = 128: the CLIP projection,
 the CLIP text width (the prior reads its token states), the prior's clip_dim, M-CLIP's
 output, and the UNet's image-embedding / pooled-text / cross-attention widths.
-Images are 64×64; MoVQ has 4 levels (downscale 8), so latents are 8×8 and the 3-level UNet
-runs at 8, 4 and 2 pixels.
+Images are 64×64; MoVQ has 3 levels (downscale 4, where the full model's 4 levels give 8),
+so latents are 16×16 and the 4-level UNet runs at 16, 8, 4 and 2 pixels (attention at 4 and
+2). At downscale 8 the shapes (9–17 px) were one or two latent cells wide and the trained
+MoVQ could not draw them back sharply enough to tell a star from a circle (docs/demo).
 
 `DemoPlan.full()` is sized for ≤ 3 h on two free CPU cores (torch threads = free cores; see
 docs/demo/report.md for measured timings);
@@ -34,9 +36,9 @@ _UNET = UNetConfig(
     in_channels=4,
     out_channels=8,
     model_channels=48,
-    channel_mult=(1, 2, 2),
+    channel_mult=(1, 1, 2, 2),
     num_res_blocks=1,
-    attention_levels=(1, 2),
+    attention_levels=(2, 3),
     head_channels=24,
     cross_attention_dim=D,
     text_dim=128,  # M-CLIP hidden size
@@ -44,7 +46,7 @@ _UNET = UNetConfig(
     image_embed_dim=D,
     num_image_tokens=10,
     norm_groups=16,
-    sample_size=IMAGE_SIZE // 8,  # 8×8 latents: 64×64 images by default
+    sample_size=IMAGE_SIZE // 4,  # 16×16 latents: 64×64 images by default
 )
 
 DEMO = ModelConfig(
@@ -52,7 +54,7 @@ DEMO = ModelConfig(
     inpaint_unet=replace(_UNET, in_channels=9),
     prior=PriorConfig(width=192, num_layers=4, num_heads=4, clip_dim=D, text_ctx=48),
     movq=MoVQConfig(
-        widths=(32, 32, 64, 64), layers_per_block=1, latent_channels=4, num_embeddings=256
+        widths=(32, 64, 64), layers_per_block=1, latent_channels=4, num_embeddings=256
     ),
     text_encoder=TextEncoderConfig(
         vocab_size=MCLIP_VOCAB,
@@ -112,9 +114,9 @@ class DemoPlan:
     clip_hard_negatives: float = 0.5  # batch share of layout variants (encoders.train_clip)
     clip_kind_share: float = 0.8  # of those variants, the share that change a kind, not a place
     mclip: StagePlan = StagePlan(1500, 64, 1e-3)
-    movq: StagePlan = StagePlan(4000, 16, 1e-3)
+    movq: StagePlan = StagePlan(6000, 16, 1e-3)
     prior: StagePlan = StagePlan(4000, 64, 3e-4)
-    decoder: StagePlan = StagePlan(24000, 32, 4e-4, ema_decay=0.999)
+    decoder: StagePlan = StagePlan(12000, 32, 4e-4, ema_decay=0.999)
     inpaint: StagePlan = StagePlan(3000, 32, 2e-4, ema_decay=0.999)
     judge_steps: int = 2000
     judge_pool: int = 12000

@@ -238,14 +238,8 @@ def _stage_encoders(ctx: _Context) -> dict:
     if sum(len(scene.shapes) == 1 for scene in heldout_scenes) >= 20:
         probe = encoders.layout_probe(clip.vision, DEMO, heldout_images, heldout_scenes)
         ctx.log(f"encoders: image-embedding probe {probe}")
-    networks = {"clip_text": clip.text, "clip_vision": clip.vision, "text_encoder": student}
-    torch.manual_seed(p.seed)
-    from kandinsky.loading import build_network
-
-    for name in ("movq", "prior", "unet", "inpaint_unet"):
-        networks[name] = build_network(name, DEMO)
-    write_model(ctx.model, DEMO, networks, clip_tok, mclip_tok)
-    shutil.copytree(ctx.model, ctx.out / "untrained", dirs_exist_ok=True)
+    encoder_networks = {"clip_text": clip.text, "clip_vision": clip.vision, "text_encoder": student}
+    write_untrained_model(ctx, encoder_networks, clip_tok, mclip_tok)
     return {
         "vision_warm_start_loss": [warm_losses[0], float(np.mean(warm_losses[-20:]))]
         if warm_losses
@@ -258,6 +252,27 @@ def _stage_encoders(ctx: _Context) -> dict:
         "clip_vocab": len(clip_tok),
         "mclip_vocab": len(mclip_tok),
     }
+
+
+UNTRAINED = ("movq", "prior", "unet", "inpaint_unet")  # the networks the trainer stages train
+
+
+def write_untrained_model(
+    ctx: _Context, encoder_networks: dict[str, torch.nn.Module], clip_tokenizer, tokenizer
+) -> None:
+    """`model/` (and a copy in `untrained/`): the trained encoders, the rest freshly initialised.
+
+    Each network is seeded on its own (plan seed + its index in `UNTRAINED`), so changing one
+    network's size does not change another's initial weights.
+    """
+    from kandinsky.loading import build_network
+
+    networks = dict(encoder_networks)
+    for index, name in enumerate(UNTRAINED):
+        torch.manual_seed(ctx.plan.seed + index)
+        networks[name] = build_network(name, DEMO)
+    write_model(ctx.model, DEMO, networks, clip_tokenizer, tokenizer)
+    shutil.copytree(ctx.model, ctx.out / "untrained", dirs_exist_ok=True)
 
 
 def _train_stage(ctx: _Context, task: str, stage: StagePlan, options: dict[str, Any]) -> Path:
