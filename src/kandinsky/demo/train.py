@@ -199,6 +199,11 @@ def _load_images(folder: Path) -> tuple[np.ndarray, list]:
     return images, [s for _, s in records]
 
 
+def _unit_range(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """(N, H, W, 3) uint8 pixels → (N, 3, H, W) float in [-1, 1]."""
+    return torch.as_tensor(images).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
 def _stage_encoders(ctx: _Context) -> dict:
     from kandinsky.demo import encoders
     from kandinsky.demo.config import CLIP_VOCAB, MCLIP_VOCAB
@@ -334,8 +339,7 @@ def _stage_movq(ctx: _Context) -> dict:
 
     movq = load(final, components=["movq"]).movq
     images, _ = _load_images(ctx.train_folder)
-    sample = torch.from_numpy(images[:256]).permute(0, 3, 1, 2).float() / 127.5 - 1
-    scale = normalize_latent_scale(movq, sample)
+    scale = normalize_latent_scale(movq, _unit_range(images[:256]))
     from kandinsky.conversion import save_network
 
     parts = load(ctx.model, components=["movq"])
@@ -351,18 +355,16 @@ def reconstruction_quality(movq: torch.nn.Module, ctx: _Context) -> dict:
     Every generated picture passes through this decoder, so its adherence is the ceiling of
     every generation gate (a blurred star reads as a circle however good the UNet is).
     """
-    from PIL import Image
-
     from kandinsky.demo import judge as judge_lib
     from kandinsky.demo.judge import Judge
+    from kandinsky.imaging import tensor_to_pil
 
     images, scenes = _load_images(ctx.heldout_folder)
-    real = torch.from_numpy(images[:256]).permute(0, 3, 1, 2).float() / 127.5 - 1
+    real = _unit_range(images[:256])
     movq.eval()
     recon = torch.cat([movq.decode(movq.encode(chunk)) for chunk in real.split(64)]).clamp(-1, 1)
-    pixels = ((recon + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    judged = Judge.load(ctx.judge).predict([Image.fromarray(a) for a in pixels])
-    rates = judge_lib.adherence(scenes[: len(pixels)], judged)
+    judged = Judge.load(ctx.judge).predict(tensor_to_pil(recon))  # as saved PNGs: 8-bit
+    rates = judge_lib.adherence(scenes[: len(real)], judged)
     return {
         "reconstruction_mae_255": float((recon - real).abs().mean() * 127.5),
         "reconstruction_adherence": {k: round(v, 3) for k, v in rates.items()},
@@ -405,7 +407,7 @@ def _stage_prior(ctx: _Context) -> dict:
     clip = parts.config.clip
     with torch.no_grad():
         for chunk in torch.from_numpy(images).split(256):
-            x = chunk.permute(0, 3, 1, 2).float() / 127.5 - 1
+            x = _unit_range(chunk)
             pixels = clip_pixels(x, clip.vision.image_size, clip.image_mean, clip.image_std)
             embeds.append(encode_image(parts.clip_vision, pixels))
     embeds = torch.cat(embeds)
