@@ -185,7 +185,7 @@ def test_layout_probe_reads_what_the_embedding_holds():
         encoders.layout_probe(MeanColour(), DEMO, images[:5], scenes[:5])
 
 
-def test_cell_kinds_names_the_kind_in_each_cell_or_empty():
+def test_cell_layout_names_the_kind_and_colour_in_each_cell_or_empty():
     scene = data.Scene(
         (
             data.ShapeSpec("star", "red", "small", "left"),
@@ -193,9 +193,32 @@ def test_cell_kinds_names_the_kind_in_each_cell_or_empty():
         ),
         "white",
     )
-    empty = len(data.KINDS)
-    expected = {"left": data.KINDS.index("star"), "center": data.KINDS.index("heart")}
-    assert encoders.cell_kinds(scene) == [expected.get(p, empty) for p in data.POSITIONS]
+    no_kind, no_colour, colours = len(data.KINDS), len(data.COLORS), list(data.COLORS)
+    kinds = {"left": data.KINDS.index("star"), "center": data.KINDS.index("heart")}
+    colour_at = {"left": colours.index("red"), "center": colours.index("blue")}
+    assert encoders.cell_layout(scene) == (
+        [kinds.get(p, no_kind) for p in data.POSITIONS],
+        [colour_at.get(p, no_colour) for p in data.POSITIONS],
+    )
+
+
+def test_layout_variant_swap_share_swaps_two_colours_and_keeps_everything_else():
+    scenes = [e.scene for e in data.generate(200, seed=5, size=64)]
+    rng = np.random.default_rng(0)
+    swappable = [s for s in scenes if len({shape.color for shape in s.shapes}) > 1]
+    assert swappable
+    for scene in swappable:
+        variant = encoders.layout_variant(scene, rng, swap_share=1.0)
+        changed = [(a, b) for a, b in zip(scene.shapes, variant.shapes, strict=True) if a != b]
+        assert len(changed) == 2 and variant.background == scene.background
+        (a1, b1), (a2, b2) = changed
+        assert (b1.color, b2.color) == (a2.color, a1.color)  # traded colours
+        assert [(b.kind, b.size, b.position) for _, b in changed] == [
+            (a.kind, a.size, a.position) for a, _ in changed
+        ]
+    one_colour = [s for s in scenes if len({shape.color for shape in s.shapes}) == 1]
+    for scene in one_colour:  # nothing to swap: a kind or place change as before
+        assert _changed(scene, encoders.layout_variant(scene, rng, swap_share=1.0))
 
 
 def test_vision_warm_start_learns_the_layout_and_clip_training_begins_from_it(tokenizers):

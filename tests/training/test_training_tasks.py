@@ -30,6 +30,7 @@ from kandinsky.training.losses import (
     decoder_loss,
     diffuse,
     discretized_gaussian_nll,
+    min_snr_weights,
     movq_loss,
     prior_loss,
     vb_term,
@@ -353,6 +354,8 @@ def test_task_options_are_checked():
         TaskOptions.from_dict({"drop_txt_prob": 0.1})
     with pytest.raises(InvalidInput, match="between 0 and 1"):
         TaskOptions.from_dict({"drop_image_prob": 1.5})
+    with pytest.raises(InvalidInput, match="snr_gamma must be > 0"):
+        TaskOptions.from_dict({"snr_gamma": 0})
     with pytest.raises(InvalidInput, match="unknown"):
         make_task("vae", types.SimpleNamespace(task_options={}))
 
@@ -444,6 +447,38 @@ def test_decoder_loss_trains_the_mean_by_mse_and_the_variance_by_vb():
     torch.testing.assert_close(out.grad[:, :4], eps_grad)
     assert out.grad[:, 4:].abs().sum() > 0
     assert loss.item() == pytest.approx(logs["mse"] + logs["vb"], rel=1e-5)
+
+
+def test_min_snr_weighting_scales_the_nearly_clean_steps_only():
+    schedule = decoder_schedule()
+    t = torch.tensor([0, 10, 100, 999])
+    alpha_bar = schedule.alphas_cumprod[t]
+    snr = alpha_bar / (1 - alpha_bar)
+    weights = min_snr_weights(t, schedule, 5.0)
+    torch.testing.assert_close(weights, (5.0 / snr).clamp(max=1.0).float())
+    assert weights[0] < weights[1] < weights[2] <= 1.0 and weights[3] == 1.0  # SNR ≤ γ: 1
+
+    x0, noise = torch.randn(4, 4, 8, 8), torch.randn(4, 4, 8, 8)
+    x_t = diffuse(x0, t, noise, schedule)
+    out = torch.randn(4, 8, 8, 8, requires_grad=True)
+    loss, logs = decoder_loss(out, x_t, x0, noise, t, schedule, snr_gamma=5.0)
+    loss.backward()
+    per_image = 2 * (out[:, :4] - noise).detach() / (4 * 8 * 8) / 4
+    torch.testing.assert_close(out.grad[:, :4], per_image * weights.view(4, 1, 1, 1))
+    plain, _ = decoder_loss(out.detach(), x_t, x0, noise, t, schedule)
+    assert loss.item() < plain.item()  # logs keep the unweighted mse
+    assert logs["mse"] == pytest.approx(
+        float((out.detach()[:, :4] - noise).pow(2).mean()), rel=1e-5
+    )
+
+
+def test_decoder_task_trains_with_min_snr_weighting(tiny_model, tmp_path):
+    cfg = config("decoder", tiny_model, tmp_path, task_options={"snr_gamma": 5.0})
+    task = make_task("decoder", cfg)
+    task.setup(cfg, CPU)
+    assert task.options.snr_gamma == 5.0
+    losses = overfit(task, batch(), steps=20, lr=1e-3)
+    assert fell_by(losses) >= 2.0, losses
 
 
 def test_prior_and_movq_losses():

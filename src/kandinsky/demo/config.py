@@ -53,9 +53,7 @@ DEMO = ModelConfig(
     unet=_UNET,
     inpaint_unet=replace(_UNET, in_channels=9),
     prior=PriorConfig(width=192, num_layers=4, num_heads=4, clip_dim=D, text_ctx=48),
-    movq=MoVQConfig(
-        widths=(32, 64, 64), layers_per_block=1, latent_channels=4, num_embeddings=256
-    ),
+    movq=MoVQConfig(widths=(32, 64, 64), layers_per_block=1, latent_channels=4, num_embeddings=256),
     text_encoder=TextEncoderConfig(
         vocab_size=MCLIP_VOCAB,
         hidden_size=128,
@@ -112,12 +110,14 @@ class DemoPlan:
     vision_warm_start: StagePlan | None = StagePlan(1500, 128, 3e-4)  # encoders.pretrain_vision
     clip: StagePlan = StagePlan(1500, 128, 3e-4)
     clip_hard_negatives: float = 0.5  # batch share of layout variants (encoders.train_clip)
-    clip_kind_share: float = 0.8  # of those variants, the share that change a kind, not a place
+    clip_swap_share: float = 0.3  # of those variants, the share that swap two shapes' colours
+    clip_kind_share: float = 0.8  # of the others, the share that change a kind, not a place
     mclip: StagePlan = StagePlan(1500, 64, 1e-3)
     movq: StagePlan = StagePlan(6000, 16, 1e-3)
     prior: StagePlan = StagePlan(4000, 64, 3e-4)
     decoder: StagePlan = StagePlan(12000, 32, 4e-4, ema_decay=0.999)
     inpaint: StagePlan = StagePlan(3000, 32, 2e-4, ema_decay=0.999)
+    decoder_snr_gamma: float | None = 5.0  # Min-SNR-γ weighting for decoder and inpaint
     judge_steps: int = 2000
     judge_pool: int = 12000
     checkpoint_every: int = 500

@@ -230,6 +230,7 @@ def _stage_encoders(ctx: _Context) -> dict:
         ctx.log,
         hard_negatives=p.clip_hard_negatives,
         kind_share=p.clip_kind_share,
+        swap_share=p.clip_swap_share,
         vision=vision,
     )
     student, mse = encoders.distill_mclip(
@@ -421,13 +422,18 @@ def _stage_prior(ctx: _Context) -> dict:
 
 
 def _stage_decoder(ctx: _Context) -> dict:
-    final = _train_stage(ctx, "decoder", ctx.plan.decoder, {"freeze_resblocks": False})
+    options = {"freeze_resblocks": False, "snr_gamma": ctx.plan.decoder_snr_gamma}
+    final = _train_stage(ctx, "decoder", ctx.plan.decoder, options)
     _replace_component(ctx.model, final, "unet")
     return {}
 
 
 def _stage_inpaint(ctx: _Context) -> dict:
-    options = {"freeze_resblocks": False, "init_from_unet": True}
+    options = {
+        "freeze_resblocks": False,
+        "init_from_unet": True,
+        "snr_gamma": ctx.plan.decoder_snr_gamma,
+    }
     final = _train_stage(ctx, "inpaint", ctx.plan.inpaint, options)
     _replace_component(ctx.model, final, "inpaint_unet")
     return {}

@@ -67,6 +67,7 @@ class TaskOptions:
     drop_image_prob: float = 0.1  # decoder: CLIP image → zero-image embedding
     freeze_resblocks: bool = True  # decoder: ResBlock norm/conv/emb weights frozen
     freeze_attention: bool = False  # decoder: attention q/k/v/out frozen
+    snr_gamma: float | None = None  # decoder/inpaint: Min-SNR-γ mse weighting (None = original)
     mask_kind: str = "any"  # inpaint: see training.masks.KINDS
     init_from_unet: bool = (
         False  # inpaint: start from the text2img UNet (extra input channels zero)
@@ -108,6 +109,8 @@ class TaskOptions:
             value = getattr(options, name)
             if value is not None and not 0.0 <= value <= 1.0:
                 raise InvalidInput(f"task option {name} must be between 0 and 1, got {value}")
+        if options.snr_gamma is not None and options.snr_gamma <= 0:
+            raise InvalidInput(f"task option snr_gamma must be > 0, got {options.snr_gamma}")
         if options.mask_kind not in KINDS:
             raise InvalidInput(
                 f"task option mask_kind is {options.mask_kind!r}; choose one of {', '.join(KINDS)}"
@@ -523,8 +526,7 @@ class DecoderTask(_Task):
             text.states.float(),
             text.pooled.float(),
         )
-        loss, logs = decoder_loss(out, x_t, x0, noise, t, self.schedule)
-        return loss, logs
+        return decoder_loss(out, x_t, x0, noise, t, self.schedule, self.options.snr_gamma)
 
     def sample(self, step: int, folder: Path) -> list[Path]:
         return self._sample_text2img(step, folder, guidance="guidance_scale")
