@@ -236,6 +236,42 @@ def test_vision_warm_start_learns_the_layout_and_clip_training_begins_from_it(to
         assert torch.equal(a, b)
 
 
+def test_layout_heads_read_kind_and_colour_per_cell_from_an_embedding():
+    scenes = [e.scene for e in data.generate(24, seed=6, size=64)]
+    torch.manual_seed(0)
+    heads = encoders.LayoutHeads(16)
+    codes = torch.nn.functional.normalize(torch.randn(len(scenes), 16), dim=-1)
+    layouts = [encoders.cell_layout(s) for s in scenes]
+    kinds = torch.tensor([k for k, _ in layouts]).flatten()
+    colours = torch.tensor([c for _, c in layouts]).flatten()
+    n = len(scenes) * len(data.POSITIONS)
+    expected = torch.nn.functional.cross_entropy(
+        heads.kind(codes * 10).view(n, -1), kinds
+    ) + torch.nn.functional.cross_entropy(heads.color(codes * 10).view(n, -1), colours)
+    torch.testing.assert_close(heads.loss(codes, scenes), expected)
+    kind_only = torch.nn.functional.cross_entropy(heads.kind(codes * 10).view(n, -1), kinds)
+    torch.testing.assert_close(heads.loss(codes, scenes, color_weight=0.0), kind_only)
+    opt = torch.optim.Adam(heads.parameters(), lr=0.05)  # distinct codes: labels learnable
+    for _ in range(150):
+        opt.zero_grad()
+        loss = heads.loss(codes, scenes)
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.1 * expected.item()
+
+
+def test_clip_layout_weight_adds_the_layout_loss_on_both_towers(corpus, tokenizers):
+    images, scenes = corpus
+    torch.set_num_threads(1)
+    args = (images, scenes, tokenizers[0], DEMO, StagePlan(2, 16, 1e-3), 0, lambda _: None)
+    _, plain = encoders.train_clip(*args)
+    _, with_layout = encoders.train_clip(*args, layout_weight=1.0)
+    # same seed, same first batch: the first loss differs by the two heads' cross-entropies,
+    # each about ln(7) + ln(8) per cell at initialisation
+    extra = with_layout[0] - plain[0]
+    assert 2 * (np.log(7) + np.log(8)) * 0.7 < extra < 2 * (np.log(7) + np.log(8)) * 1.3
+
+
 def test_grid_labels_use_dejavu_sans_for_cyrillic_else_pils_default(monkeypatch):
     from PIL import ImageFont
 

@@ -112,6 +112,7 @@ class DemoPlan:
     clip_hard_negatives: float = 0.5  # batch share of layout variants (encoders.train_clip)
     clip_swap_share: float = 0.3  # of those variants, the share that swap two shapes' colours
     clip_kind_share: float = 0.8  # of the others, the share that change a kind, not a place
+    clip_layout_weight: float = 1.0  # auxiliary per-cell kind/colour loss on both CLIP towers
     mclip: StagePlan = StagePlan(1500, 64, 1e-3)
     movq: StagePlan = StagePlan(6000, 16, 1e-3)
     prior: StagePlan = StagePlan(4000, 64, 3e-4)

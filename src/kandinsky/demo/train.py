@@ -231,6 +231,7 @@ def _stage_encoders(ctx: _Context) -> dict:
         hard_negatives=p.clip_hard_negatives,
         kind_share=p.clip_kind_share,
         swap_share=p.clip_swap_share,
+        layout_weight=p.clip_layout_weight,
         vision=vision,
     )
     student, mse = encoders.distill_mclip(
