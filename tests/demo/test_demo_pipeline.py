@@ -98,6 +98,8 @@ def test_quick_plan_end_to_end(tmp_path):
     assert set(stage_times(out)) >= {"data", "encoders", "movq", "prior", "decoder", "inpaint"}
     movq = json.loads((out / "stages" / "movq.json").read_text())
     assert set(movq["reconstruction_adherence"]) >= {"shape", "color", "position", "all"}
+    binding = json.loads((out / "stages" / "encoders.json").read_text())["binding_cosines"]
+    assert set(binding) == {"color", "kind", "position", "other"}
     report = out / "docs" / "report.md"
     assert "| text2img EN 1-object adherence |" in report.read_text(encoding="utf-8")
     for name in ("clip", "mclip", "movq", "prior", "decoder", "inpaint"):
@@ -234,6 +236,39 @@ def test_vision_warm_start_learns_the_layout_and_clip_training_begins_from_it(to
     )
     for a, b in zip(pair.vision.state_dict().values(), vision.state_dict().values(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_swapped_trades_one_field_between_the_first_two_shapes():
+    scene = data.Scene(
+        (
+            data.ShapeSpec("star", "red", "small", "left"),
+            data.ShapeSpec("heart", "blue", "large", "right"),
+        ),
+        "white",
+    )
+    twin = encoders.swapped(scene, "color")
+    assert [(s.kind, s.color) for s in twin.shapes] == [("star", "blue"), ("heart", "red")]
+    assert encoders.swapped(twin, "color") == scene
+
+
+def test_binding_cosines_see_a_colour_bag_embedding_as_unbound(tokenizers):
+    """Towers that see only which colours are present cannot tell a scene from its twin."""
+    scenes = [e.scene for e in data.generate(80, seed=7, size=64)]
+    torch.manual_seed(0)
+    pair = encoders.ClipPair(DEMO).eval()
+    cos = encoders.binding_cosines(pair, tokenizers[0], DEMO, scenes, 64)
+    assert set(cos) == {"color", "kind", "position", "other"}
+    assert all(-1 <= v <= 1 for field in cos.values() for v in field.values())
+
+    class ColourBag(torch.nn.Module):
+        def forward(self, pixel_values):
+            x = pixel_values.flatten(2)
+            feats = torch.cat([x.mean(-1), x.amax(-1), x.amin(-1)], dim=1)
+            return type("Out", (), {"image_embeds": feats})()
+
+    pair.vision = ColourBag()
+    cos = encoders.binding_cosines(pair, tokenizers[0], DEMO, scenes, 64)
+    assert cos["color"]["image"] > 0.999 and cos["position"]["image"] > 0.999
 
 
 def test_layout_heads_read_kind_and_colour_per_cell_from_an_embedding():

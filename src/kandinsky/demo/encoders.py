@@ -419,6 +419,55 @@ def train_clip(
     return model.eval(), losses
 
 
+def swapped(scene: data.Scene, field: str) -> data.Scene:
+    """`scene` with its first two shapes' `field` (color, kind or position) traded."""
+    a, b = scene.shapes[:2]
+    a2, b2 = replace(a, **{field: getattr(b, field)}), replace(b, **{field: getattr(a, field)})
+    return data.Scene((a2, b2, *scene.shapes[2:]), scene.background)
+
+
+@torch.no_grad()
+def binding_cosines(
+    clip: ClipPair,
+    tokenizer,
+    config: ModelConfig,
+    scenes: Sequence[data.Scene],
+    image_size: int,
+) -> dict[str, dict[str, float]]:
+    """Does the CLIP space bind attributes to objects? Per field (color, kind, position): the
+    mean cosine between the image (and the EN caption) embedding of each two-shape scene
+    whose two shapes differ in that field and those of its `swapped` twin — the same bag of
+    attributes, bound the other way. Near 1: the embedding cannot tell them apart, and
+    neither can a prior or decoder conditioned on it ("other" gives the level of unrelated
+    scenes). Captions of a scene and its twin use the same phrasing.
+    """
+    pairs = [s for s in scenes if len(s.shapes) == 2]
+
+    def embed(batch: list[data.Scene]) -> tuple[torch.Tensor, torch.Tensor]:
+        pixels = np.stack([np.asarray(data.render(s, image_size)) for s in batch])
+        texts = [data.caption(s, "en", np.random.default_rng(k)) for k, s in enumerate(batch)]
+        ids = _tokens(tokenizer, texts, config.prior.text_ctx)["input_ids"]
+        return clip.embed(ids, clip_input(torch.from_numpy(pixels), config))
+
+    out = {}
+    for field in ("color", "kind", "position"):
+        chosen = [s for s in pairs if getattr(s.shapes[0], field) != getattr(s.shapes[1], field)]
+        if not chosen:
+            continue
+        (text, image), (text2, image2) = embed(chosen), embed([swapped(s, field) for s in chosen])
+        out[field] = {
+            "image": float((image * image2).sum(-1).mean()),
+            "text": float((text * text2).sum(-1).mean()),
+        }
+    if len(pairs) > 1:
+        text, image = embed(pairs)
+        out["other"] = {
+            "image": float((image * image.roll(1, 0)).sum(-1).mean()),
+            "text": float((text * text.roll(1, 0)).sum(-1).mean()),
+        }
+    return out
+
+
 def layout_probe(
     vision: nn.Module,
     config: ModelConfig,
