@@ -261,12 +261,7 @@ def layout_variant(
         if shapes[i].color != shapes[j].color
     ]
     if pairs and rng.random() < swap_share:
-        i, j = pairs[int(rng.integers(len(pairs)))]
-        shapes[i], shapes[j] = (
-            replace(shapes[i], color=shapes[j].color),
-            replace(shapes[j], color=shapes[i].color),
-        )
-        return data.Scene(tuple(shapes), scene.background)
+        return swapped(scene, "color", *pairs[int(rng.integers(len(pairs)))])
     i = int(rng.integers(len(shapes)))
     free = [p for p in data.POSITIONS if p not in {s.position for s in shapes}]
     if free and rng.random() > kind_share:
@@ -274,6 +269,17 @@ def layout_variant(
     else:
         kinds = [k for k in data.KINDS if k != shapes[i].kind]
         shapes[i] = replace(shapes[i], kind=kinds[int(rng.integers(len(kinds)))])
+    return data.Scene(tuple(shapes), scene.background)
+
+
+def swapped(scene: data.Scene, field: str, i: int = 0, j: int = 1) -> data.Scene:
+    """`scene` with shapes `i` and `j` trading their `field` (color, kind or position)."""
+    shapes = list(scene.shapes)
+    a, b = shapes[i], shapes[j]
+    shapes[i], shapes[j] = (
+        replace(a, **{field: getattr(b, field)}),
+        replace(b, **{field: getattr(a, field)}),
+    )
     return data.Scene(tuple(shapes), scene.background)
 
 
@@ -419,13 +425,6 @@ def train_clip(
     return model.eval(), losses
 
 
-def swapped(scene: data.Scene, field: str) -> data.Scene:
-    """`scene` with its first two shapes' `field` (color, kind or position) traded."""
-    a, b = scene.shapes[:2]
-    a2, b2 = replace(a, **{field: getattr(b, field)}), replace(b, **{field: getattr(a, field)})
-    return data.Scene((a2, b2, *scene.shapes[2:]), scene.background)
-
-
 @torch.no_grad()
 def binding_cosines(
     clip: ClipPair,
@@ -443,28 +442,29 @@ def binding_cosines(
     """
     pairs = [s for s in scenes if len(s.shapes) == 2]
 
-    def embed(batch: list[data.Scene]) -> tuple[torch.Tensor, torch.Tensor]:
+    def embed(batch: list[data.Scene], phrasings: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         pixels = np.stack([np.asarray(data.render(s, image_size)) for s in batch])
-        texts = [data.caption(s, "en", np.random.default_rng(k)) for k, s in enumerate(batch)]
+        texts = [data.caption(s, "en", np.random.default_rng(k)) for s, k in zip(batch, phrasings, strict=True)]  # fmt: skip
         ids = _tokens(tokenizer, texts, config.prior.text_ctx)["input_ids"]
         return clip.embed(ids, clip_input(torch.from_numpy(pixels), config))
 
+    def mean_cos(a: tuple[torch.Tensor, ...], b: tuple[torch.Tensor, ...]) -> dict[str, float]:
+        return {
+            name: float((x * y).sum(-1).mean())
+            for name, x, y in zip(("text", "image"), a, b, strict=True)
+        }
+
+    if not pairs:
+        return {}
+    text, image = embed(pairs, list(range(len(pairs))))
     out = {}
     for field in ("color", "kind", "position"):
-        chosen = [s for s in pairs if getattr(s.shapes[0], field) != getattr(s.shapes[1], field)]
-        if not chosen:
-            continue
-        (text, image), (text2, image2) = embed(chosen), embed([swapped(s, field) for s in chosen])
-        out[field] = {
-            "image": float((image * image2).sum(-1).mean()),
-            "text": float((text * text2).sum(-1).mean()),
-        }
+        keep = [k for k, s in enumerate(pairs) if getattr(s.shapes[0], field) != getattr(s.shapes[1], field)]  # fmt: skip
+        if keep:
+            twins = embed([swapped(pairs[k], field) for k in keep], keep)
+            out[field] = mean_cos((text[keep], image[keep]), twins)
     if len(pairs) > 1:
-        text, image = embed(pairs)
-        out["other"] = {
-            "image": float((image * image.roll(1, 0)).sum(-1).mean()),
-            "text": float((text * text.roll(1, 0)).sum(-1).mean()),
-        }
+        out["other"] = mean_cos((text, image), (text.roll(1, 0), image.roll(1, 0)))
     return out
 
 
