@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -203,28 +203,51 @@ def convert(
     dst.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".partial", dir=dst.parent))
     try:
-        for pipeline, (class_name, parts) in PIPELINES.items():
-            if _MAIN[pipeline] not in present:
-                continue
-            root = staging / pipeline
-            index: dict[str, Any] = {
-                "_class_name": class_name,
-                "_diffusers_version": DIFFUSERS_VERSION,
-            }
-            for sub, (library, cls, component) in parts.items():
-                index[sub] = [library, cls]
-                if component is None:
-                    _write_static(sub, model_config, root / sub)
-                elif component in present:
-                    if progress:
-                        progress(f"{pipeline}/{sub}")
-                    _write_component(component, sources, found, model_config, dtype, root / sub)
-            write_json(index, root / "model_index.json")
+        write_pipelines(
+            staging,
+            present,
+            model_config,
+            lambda name, folder: _write_component(
+                name, sources, found, model_config, dtype, folder
+            ),
+            progress,
+        )
         _publish(staging, dst, overwrite)
     finally:
         if staging.exists():
             shutil.rmtree(staging)
     return dst
+
+
+def write_pipelines(
+    folder: Path,
+    present: Collection[str],
+    config: ModelConfig,
+    write_component: Callable[[str, Path], None],
+    progress: Callable[[str], None] | None = None,
+) -> None:
+    """The diffusers pipeline folders under `folder` whose main network is in `present`.
+
+    `write_component(name, sub_folder)` writes each of our components there (networks and
+    tokenizers); schedulers and the image processor's config are written here.
+    """
+    for pipeline, (class_name, parts) in PIPELINES.items():
+        if _MAIN[pipeline] not in present:
+            continue
+        root = folder / pipeline
+        index: dict[str, Any] = {
+            "_class_name": class_name,
+            "_diffusers_version": DIFFUSERS_VERSION,
+        }
+        for sub, (library, cls, component) in parts.items():
+            index[sub] = [library, cls]
+            if component is None:
+                _write_static(sub, config, root / sub)
+            elif component in present:
+                if progress:
+                    progress(f"{pipeline}/{sub}")
+                write_component(component, root / sub)
+        write_json(index, root / "model_index.json")
 
 
 def _default_config() -> ModelConfig:

@@ -10,6 +10,7 @@ networks in memory. The tokenizers are tiny but real (trained with `tokenizers`)
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -212,4 +213,55 @@ def write_clip_tokenizer_folder(folder: str | Path) -> Path:
     (folder / "model_index.json").write_text(
         json.dumps({"tokenizer": ["transformers", "CLIPTokenizer"]})
     )
+    return folder
+
+
+def write_random_model(
+    folder: str | Path,
+    config: ModelConfig = TINY,
+    *,
+    seed: int = 0,
+    components: Iterable[str] | None = None,
+    device: str | torch.device = "cpu",
+) -> Path:
+    """Every network of `config` with its own default initialisation, straight into the
+    diffusers layout, with the tiny test tokenizers. Returns `folder`.
+
+    Unlike `write_tiny_model` (which goes through the original layout and `convert`), this
+    writes each network once and links it into the other pipelines that share it, and it
+    builds the networks on `device` (a GPU initialises the released sizes in seconds): the
+    structure of the released model for benchmarks, where the values do not matter.
+    """
+    import os
+    import shutil
+    import tempfile
+
+    from kandinsky.conversion import save_network, write_pipelines
+    from kandinsky.loading import build_network
+
+    folder = Path(folder)
+    present = (
+        list(components) if components is not None else [*NETWORKS, "tokenizer", "clip_tokenizer"]
+    )
+    written: dict[str, Path] = {}
+
+    def write(name: str, sub: Path) -> None:
+        if name in written:  # the same network in a second pipeline: link its files
+            shutil.copytree(written[name], sub, copy_function=os.link)
+            return
+        if name == "tokenizer":
+            xlmr_tokenizer(config.text_encoder.vocab_size).save_pretrained(str(sub))
+        elif name == "clip_tokenizer":
+            with tempfile.TemporaryDirectory() as tmp:
+                clip_tokenizer(tmp).save_pretrained(str(sub))
+        else:
+            with torch.random.fork_rng(devices=[]), torch.device(device):
+                torch.manual_seed(seed + NETWORKS.index(name))
+                module = build_network(name, config)
+            save_network(name, module.cpu(), config, sub)
+            del module
+        written[name] = sub
+
+    folder.mkdir(parents=True, exist_ok=True)
+    write_pipelines(folder, present, config, write)
     return folder

@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from kandinsky import TINY, CorruptWeights, InvalidInput, convert
 
@@ -58,3 +59,27 @@ def test_components_without_a_pipeline_network_are_refused(tiny_original, tmp_pa
             tiny_original[0], tmp_path / "out", config=TINY, components=["movq", "text_encoder"]
         )
     assert not (tmp_path / "out").exists()
+
+
+def test_random_model_has_the_layout_convert_writes(tiny_diffusers: Path, tmp_path: Path) -> None:
+    from kandinsky import load
+    from kandinsky.testing import write_random_model
+
+    folder = write_random_model(tmp_path / "random", TINY, seed=3)
+    files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+    assert files == sorted(
+        str(p.relative_to(tiny_diffusers)) for p in tiny_diffusers.rglob("*") if p.is_file()
+    )
+    parts = load(folder)
+    assert parts.unet is not None and parts.inpaint_unet is not None and parts.prior is not None
+    shared = [
+        folder / p / "text_encoder" / "model.safetensors"
+        for p in ("kandinsky-2-1", "kandinsky-2-1-inpaint")
+    ]
+    assert shared[0].stat().st_ino == shared[1].stat().st_ino  # written once, linked
+    again = load(
+        write_random_model(tmp_path / "again", TINY, seed=3, components=["unet"]),
+        components=["unet"],
+    )
+    for key, value in again.unet.state_dict().items():
+        assert torch.equal(value, parts.unet.state_dict()[key]), key  # seeded
