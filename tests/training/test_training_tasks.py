@@ -328,7 +328,7 @@ def test_dropped_image_is_the_zero_image_embedding_and_dropped_text_is_empty(tin
     task = make_task("decoder", cfg)
     task.setup(cfg, CPU)
     x = images(2, 64)
-    dropped = task._clip_embeds(x, torch.tensor([True, False]))
+    dropped = task._clip_embeds(x, {"key": ["a", "b"]}, torch.tensor([True, False]))
     torch.testing.assert_close(dropped[0], engine.zero_image_embeds(task.parts, 1)[0])
     assert not torch.allclose(dropped[1], dropped[0])
 

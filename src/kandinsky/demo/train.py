@@ -296,7 +296,11 @@ def _train_stage(ctx: _Context, task: str, stage: StagePlan, options: dict[str, 
         task=task,
         model=str(ctx.model),
         output_dir=str(ctx.out / "runs" / task),
-        data=DataConfig(source=str(ctx.train_folder), image_size=p.image_size),
+        # the frozen networks' outputs, computed in the first epoch (MoVQ latents, CLIP and
+        # text encodings: most of a decoder step on a CPU), are read back afterwards
+        data=DataConfig(
+            source=str(ctx.train_folder), image_size=p.image_size, cache_dir=str(ctx.out / "cache")
+        ),
         optim=OptimConfig(
             name="adamw",
             lr=stage.lr,

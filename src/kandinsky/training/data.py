@@ -573,6 +573,23 @@ class EmbeddingCache:
         self.put(key, value)
         return value
 
+    def rows(
+        self, keys: Sequence[str], compute: Callable[[list[int]], dict[str, torch.Tensor]]
+    ) -> dict[str, torch.Tensor]:
+        """A batch whose row i is stored under keys[i]: the cached rows are read, the others
+        computed in one call (`compute(indices)` → batched tensors for those rows) and
+        stored. Returns the batch stacked, on the CPU."""
+        found = [self.get(key) for key in keys]
+        missing = [i for i, row in enumerate(found) if not isinstance(row, dict)]
+        if missing:
+            fresh = compute(missing)
+            for j, i in enumerate(missing):
+                row = {name: values[j] for name, values in fresh.items()}
+                self.put(keys[i], row)
+                found[i] = {name: value.detach().cpu() for name, value in row.items()}
+        names = list(found[0])
+        return {name: torch.stack([row[name] for row in found]) for name in names}
+
 
 def _mix(*numbers: int) -> int:
     """A 63-bit seed from several integers (stable across processes and Python runs)."""

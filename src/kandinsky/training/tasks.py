@@ -41,7 +41,9 @@ from kandinsky.errors import InvalidInput, KandinskyError
 from kandinsky.loading import Components, build_network, load
 from kandinsky.models.clip import encode_image
 from kandinsky.training import lora as lora_lib
+from kandinsky.training.data import EmbeddingCache
 from kandinsky.training.discriminator import PatchDiscriminator
+from kandinsky.training.frozen import FrozenOutputs
 from kandinsky.training.losses import (
     clip_pixels,
     decoder_loss,
@@ -331,6 +333,10 @@ class _Task:
             net.gradient_checkpointing = True
         self.module = self.wrap(net)
         self.prefix = module_prefix(self.module, net)
+        data = getattr(cfg, "data", None)
+        cache = EmbeddingCache(data.cache_dir) if data is not None and data.cache_dir else None
+        self.frozen = FrozenOutputs(cache, data, self.device)
+        self._zero_embeds: torch.Tensor | None = None
 
     def trainable(self) -> nn.Module:
         return self.module
@@ -368,13 +374,40 @@ class _Task:
         self.last_images = images[:4].detach()  # for samples; no copy per step
         return images
 
-    def _clip_embeds(self, images: torch.Tensor, drop: torch.Tensor | None = None) -> torch.Tensor:
+    def _clip_embeds(
+        self, images: torch.Tensor, batch: dict, drop: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Raw CLIP image embeddings; rows in `drop` get the zero-image embedding."""
         clip = self.parts.config.clip
-        pixels = clip_pixels(images, clip.vision.image_size, clip.image_mean, clip.image_std)
+
+        def compute(rows: list[int]) -> dict[str, torch.Tensor]:
+            pixels = clip_pixels(
+                images[rows], clip.vision.image_size, clip.image_mean, clip.image_std
+            )
+            return {"embeds": encode_image(self.parts.clip_vision, pixels.to(self.device))}
+
+        vision = self.parts.clip_vision
+        embeds = self.frozen.image(vision, "embeds", batch, compute, len(images))["embeds"].float()
         if drop is not None and bool(drop.any()):
-            pixels[drop.to(pixels.device)] = 0  # zeros in normalized space, as the original dataset
-        return encode_image(self.parts.clip_vision, pixels.to(self.device)).float()
+            embeds[drop.to(embeds.device)] = self._zero_pixels_embeds()
+        return embeds
+
+    def _zero_pixels_embeds(self) -> torch.Tensor:
+        """The CLIP embedding of all-zero pixels in normalised space (the original's dropout)."""
+        if self._zero_embeds is None:
+            side = self.parts.config.clip.vision.image_size
+            zeros = torch.zeros(1, 3, side, side, device=self.device, dtype=self.dtype)
+            self._zero_embeds = encode_image(self.parts.clip_vision, zeros).float()[0]
+        return self._zero_embeds
+
+    def _latents(self, images: torch.Tensor, batch: dict) -> torch.Tensor:
+        """MoVQ latents of the images (the diffusion's x0)."""
+
+        def compute(rows: list[int]) -> dict[str, torch.Tensor]:
+            return {"latents": self.parts.movq.encode(images[rows].to(self.dtype))}
+
+        movq = self.parts.movq
+        return self.frozen.image(movq, "latents", batch, compute, len(images))["latents"].float()
 
     def _sampling_parts(self) -> Components | None:
         """The components `sample` needs, loading missing ones once; None if unavailable."""
@@ -510,9 +543,16 @@ class DecoderTask(_Task):
         captions = _drop_captions(list(batch["caption"]), self.drop_text_prob, generator)
         drop_image = _draw_rand(n, generator) < self.options.drop_image_prob
         with torch.no_grad():
-            x0 = self.parts.movq.encode(images.to(self.dtype)).float()
-            image_embeds = self._clip_embeds(images, drop_image)
-            text = engine.encode_decoder_text(self.parts, captions)
+            x0 = self._latents(images, batch)
+            image_embeds = self._clip_embeds(images, batch, drop_image)
+            text = self.frozen.text(
+                self.parts.text_encoder,
+                "decoder-text",
+                captions,
+                lambda rows: vars(
+                    engine.encode_decoder_text(self.parts, [captions[i] for i in rows])
+                ),
+            )
         t = _timesteps(n, self.schedule, generator)
         noise = _noise_like(x0, generator)
         x_t = diffuse(x0, t, noise, self.schedule)
@@ -523,8 +563,8 @@ class DecoderTask(_Task):
             model_in,
             t.to(self.device).float(),
             image_embeds,
-            text.states.float(),
-            text.pooled.float(),
+            text["states"].float(),
+            text["pooled"].float(),
         )
         return decoder_loss(out, x_t, x0, noise, t, self.schedule, self.options.snr_gamma)
 
@@ -621,13 +661,20 @@ class PriorTask(_Task):
         n = images.shape[0]
         captions = _drop_captions(list(batch["caption"]), self.drop_text_prob, generator)
         with torch.no_grad():
-            text = engine.encode_prior_text(self.parts, captions)
-            x0 = self.net.normalize(self._clip_embeds(images)).float()
+            text = self.frozen.text(
+                self.parts.clip_text,
+                "prior-text",
+                captions,
+                lambda rows: vars(
+                    engine.encode_prior_text(self.parts, [captions[i] for i in rows])
+                ),
+            )
+            x0 = self.net.normalize(self._clip_embeds(images, batch)).float()
         t = _timesteps(n, self.schedule, generator)
         noise = _noise_like(x0, generator)
         x_t = diffuse(x0, t, noise, self.schedule)
         pred = self.module(
-            x_t, t.to(self.device), text.pooled.float(), text.states.float(), text.mask
+            x_t, t.to(self.device), text["pooled"].float(), text["states"].float(), text["mask"]
         )
         loss = prior_loss(pred, x0)
         return loss, {"mse": float(loss.detach())}
