@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -400,6 +401,16 @@ class _Task:
             self._zero_embeds = encode_image(self.parts.clip_vision, zeros).float()[0]
         return self._zero_embeds
 
+    def _text(
+        self, network: str, encode: Callable[[Components, list[str]], Any], captions: list[str]
+    ) -> dict[str, torch.Tensor]:
+        """The fields of `encode(parts, captions)` (states, pooled, …), cached per caption."""
+
+        def compute(rows: list[int]) -> dict[str, torch.Tensor]:
+            return vars(encode(self.parts, [captions[i] for i in rows]))
+
+        return self.frozen.text(getattr(self.parts, network), network, captions, compute)
+
     def _latents(self, images: torch.Tensor, batch: dict) -> torch.Tensor:
         """MoVQ latents of the images (the diffusion's x0)."""
 
@@ -545,14 +556,7 @@ class DecoderTask(_Task):
         with torch.no_grad():
             x0 = self._latents(images, batch)
             image_embeds = self._clip_embeds(images, batch, drop_image)
-            text = self.frozen.text(
-                self.parts.text_encoder,
-                "decoder-text",
-                captions,
-                lambda rows: vars(
-                    engine.encode_decoder_text(self.parts, [captions[i] for i in rows])
-                ),
-            )
+            text = self._text("text_encoder", engine.encode_decoder_text, captions)
         t = _timesteps(n, self.schedule, generator)
         noise = _noise_like(x0, generator)
         x_t = diffuse(x0, t, noise, self.schedule)
@@ -661,14 +665,7 @@ class PriorTask(_Task):
         n = images.shape[0]
         captions = _drop_captions(list(batch["caption"]), self.drop_text_prob, generator)
         with torch.no_grad():
-            text = self.frozen.text(
-                self.parts.clip_text,
-                "prior-text",
-                captions,
-                lambda rows: vars(
-                    engine.encode_prior_text(self.parts, [captions[i] for i in rows])
-                ),
-            )
+            text = self._text("clip_text", engine.encode_prior_text, captions)
             x0 = self.net.normalize(self._clip_embeds(images, batch)).float()
         t = _timesteps(n, self.schedule, generator)
         noise = _noise_like(x0, generator)
