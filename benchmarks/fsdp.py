@@ -16,7 +16,6 @@ benchmarks/train.py. Results go to benchmarks/results/fsdp.{json,md}.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import platform
@@ -29,7 +28,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train import random_weights  # noqa: E402
+from train import log_rows, random_weights  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -57,11 +56,6 @@ def launch(gpus: int, args: list[str], log: Path) -> float:
         tail = log.read_text()[-4000:]
         raise SystemExit(f"accelerate launch failed ({done.returncode}):\n{tail}")
     return time.perf_counter() - started
-
-
-def log_rows(output_dir: Path) -> list[dict[str, str]]:
-    with (output_dir / "log.csv").open() as f:
-        return list(csv.DictReader(f))
 
 
 def main() -> int:

@@ -19,6 +19,7 @@ Results go to benchmarks/results/train.{json,md}.
 from __future__ import annotations
 
 import argparse
+import csv
 import gc
 import json
 import platform
@@ -39,6 +40,12 @@ def peak_memory_mb(device: str) -> float:
     if device == "cuda":
         return torch.cuda.max_memory_allocated() / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def log_rows(output_dir: Path) -> list[dict[str, str]]:
+    """A training run's log.csv, one dict per logged step."""
+    with (output_dir / "log.csv").open(newline="") as f:
+        return list(csv.DictReader(f))
 
 
 def run(
@@ -79,11 +86,7 @@ def run(
     result = train(cfg, task)
     elapsed = time.perf_counter() - started
     trainable = sum(p.numel() for p in task.trainable().parameters() if p.requires_grad)
-    log = (out / task_name / "log.csv").read_text().splitlines()
-    header, rows = (
-        log[0].split(","),
-        [dict(zip(log[0].split(","), line.split(","), strict=False)) for line in log[1:]],
-    )
+    rows = log_rows(out / task_name)
     rates = [float(r["images_per_s"]) for r in rows[1:] if r.get("images_per_s")]
     return {
         "task": task_name,
@@ -96,7 +99,7 @@ def run(
         "peak_memory_mb": peak_memory_mb(device),
         "seconds": elapsed,
         "final_loss": result.losses[-1] if result.losses else None,
-        "log_columns": header,
+        "log_columns": list(rows[0]) if rows else [],
     }
 
 

@@ -116,7 +116,7 @@ class DemoPlan:
     mclip: StagePlan = StagePlan(1500, 64, 1e-3)
     movq: StagePlan = StagePlan(6000, 16, 1e-3)
     prior: StagePlan = StagePlan(4000, 64, 3e-4)
-    decoder: StagePlan = StagePlan(24000, 32, 4e-4, ema_decay=0.999)  # ≈ 50 min, cached encoders
+    decoder: StagePlan = StagePlan(24000, 32, 4e-4, ema_decay=0.999)  # ≈ 62 min, cached encoders
     inpaint: StagePlan = StagePlan(3000, 32, 2e-4, ema_decay=0.999)
     decoder_snr_gamma: float | None = 5.0  # Min-SNR-γ weighting for decoder and inpaint
     judge_steps: int = 2000

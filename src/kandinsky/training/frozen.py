@@ -54,7 +54,7 @@ class FrozenOutputs:
         self, module: nn.Module, what: str, captions: Sequence[str], compute: Compute
     ) -> dict[str, torch.Tensor]:
         """`compute` (named `what`) over the rows of `captions`, cached per caption."""
-        return self._rows(module, what, list(captions), compute, len(captions))
+        return self._rows(module, what, list(captions), compute)
 
     def image(
         self, module: nn.Module, what: str, batch: dict, compute: Compute, n: int
@@ -64,13 +64,13 @@ class FrozenOutputs:
         keys = batch.get("key")
         if self.image_scope is None or keys is None:
             return compute(list(range(n)))
-        return self._rows(module, what, [f"{self.image_scope}|{k}" for k in keys], compute, n)
+        return self._rows(module, what, [f"{self.image_scope}|{k}" for k in keys], compute)
 
     def _rows(
-        self, module: nn.Module, what: str, ids: list[str], compute: Compute, n: int
+        self, module: nn.Module, what: str, ids: list[str], compute: Compute
     ) -> dict[str, torch.Tensor]:
         if self.cache is None:
-            return compute(list(range(n)))
+            return compute(list(range(len(ids))))
         digest = self._digests.get(id(module))
         if digest is None:
             digest = self._digests[id(module)] = weights_digest(module)

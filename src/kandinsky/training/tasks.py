@@ -40,7 +40,7 @@ from kandinsky.config import KANDINSKY_2_1, TINY, ModelConfig
 from kandinsky.diffusion.schedules import Schedule, decoder_schedule, prior_schedule
 from kandinsky.errors import InvalidInput, KandinskyError
 from kandinsky.loading import Components, build_network, load
-from kandinsky.models.clip import encode_image
+from kandinsky.models.clip import encode_image, zero_image_embedding
 from kandinsky.training import lora as lora_lib
 from kandinsky.training.data import EmbeddingCache
 from kandinsky.training.discriminator import PatchDiscriminator
@@ -337,7 +337,6 @@ class _Task:
         data = getattr(cfg, "data", None)
         cache = EmbeddingCache(data.cache_dir) if data is not None and data.cache_dir else None
         self.frozen = FrozenOutputs(cache, data, self.device)
-        self._zero_embeds: torch.Tensor | None = None
 
     def trainable(self) -> nn.Module:
         return self.module
@@ -389,17 +388,9 @@ class _Task:
 
         vision = self.parts.clip_vision
         embeds = self.frozen.image(vision, "embeds", batch, compute, len(images))["embeds"].float()
-        if drop is not None and bool(drop.any()):
-            embeds[drop.to(embeds.device)] = self._zero_pixels_embeds()
+        if drop is not None and bool(drop.any()):  # zero pixels, as the original dataset
+            embeds[drop.to(embeds.device)] = zero_image_embedding(vision).float()[0]
         return embeds
-
-    def _zero_pixels_embeds(self) -> torch.Tensor:
-        """The CLIP embedding of all-zero pixels in normalised space (the original's dropout)."""
-        if self._zero_embeds is None:
-            side = self.parts.config.clip.vision.image_size
-            zeros = torch.zeros(1, 3, side, side, device=self.device, dtype=self.dtype)
-            self._zero_embeds = encode_image(self.parts.clip_vision, zeros).float()[0]
-        return self._zero_embeds
 
     def _text(
         self, network: str, encode: Callable[[Components, list[str]], Any], captions: list[str]
