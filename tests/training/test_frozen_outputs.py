@@ -91,3 +91,14 @@ def test_other_weights_never_read_stale_entries(tiny_model: Path, tmp_path: Path
     with torch.no_grad():
         next(task.parts.movq.parameters()).add_(1e-3)
     assert weights_digest(task.parts.movq) != before
+
+
+def test_an_unwritable_cache_dir_is_refused_before_training(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    from kandinsky.errors import InvalidInput
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(InvalidInput, match="data.cache_dir"):
+        make("decoder", tiny_model, blocker / "cache")

@@ -335,7 +335,16 @@ class _Task:
         self.module = self.wrap(net)
         self.prefix = module_prefix(self.module, net)
         data = getattr(cfg, "data", None)
-        cache = EmbeddingCache(data.cache_dir) if data is not None and data.cache_dir else None
+        cache = None
+        if data is not None and data.cache_dir:
+            try:
+                Path(data.cache_dir).mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise InvalidInput(
+                    f"data.cache_dir {data.cache_dir!r} cannot be created ({e.strerror}); "
+                    "choose a writable folder or leave it unset"
+                ) from e
+            cache = EmbeddingCache(data.cache_dir)
         self.frozen = FrozenOutputs(cache, data, self.device)
 
     def trainable(self) -> nn.Module:
