@@ -232,6 +232,29 @@ def test_relation_captions_read_naturally_in_both_languages() -> None:
         data.caption(diagonal, "en", rng, "en_relation")
 
 
+def test_short_relation_captions_are_how_people_write_them() -> None:
+    """The README's main command, "красный круг слева от синего квадрата", has no sizes and no
+    background: the short relation template puts exactly that phrasing in the training data."""
+    rng = np.random.default_rng(0)
+    row = data.Scene(
+        (
+            data.ShapeSpec("circle", "red", "small", "left"),
+            data.ShapeSpec("square", "blue", "large", "right"),
+        ),
+        "white",
+    )
+    assert data.caption(row, "ru", rng, "ru_relation_short") == "красный круг слева от синего квадрата"
+    assert (
+        data.caption(row, "en", rng, "en_relation_short")
+        == "a red circle to the left of a blue square"
+    )
+    examples = list(data.generate(600, seed=3, size=16))
+    templates = [e.template for e in examples]
+    for language in ("en", "ru"):
+        assert templates.count(f"{language}_relation_short") >= 5
+        assert templates.count(f"{language}_relation") >= 5
+
+
 def test_every_template_names_what_it_promises() -> None:
     rng = np.random.default_rng(1)
     for name, template in data.TEMPLATES.items():

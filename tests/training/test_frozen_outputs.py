@@ -85,6 +85,20 @@ def test_random_crops_cache_only_the_text(tiny_model: Path, tmp_path: Path) -> N
     assert entries(tmp_path / "center") == captions + len(BATCH["key"])  # + image embeddings
 
 
+def test_an_image_changed_in_place_is_not_answered_from_the_cache(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    """Same file names, new pixels (a dataset regenerated into the same folder): the cached
+    latents of the old pictures must not come back."""
+    task = make("decoder", tiny_model, tmp_path / "cache")
+    with torch.no_grad():
+        task._latents(BATCH["image"], BATCH)
+        edited = dict(BATCH, image=BATCH["image"].flip(0))  # same keys, other pictures
+        cached = task._latents(edited["image"], edited)
+        fresh = task.parts.movq.encode(edited["image"])
+    assert torch.equal(cached, fresh.float())
+
+
 def test_other_weights_never_read_stale_entries(tiny_model: Path, tmp_path: Path) -> None:
     task = make("decoder", tiny_model, tmp_path / "cache")
     before = weights_digest(task.parts.movq)

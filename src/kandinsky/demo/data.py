@@ -428,21 +428,19 @@ _EN_RELATION = {"left": "to the left of", "right": "to the right of", "above": "
 _RU_RELATION = {"left": ("слева от", "gen"), "right": ("справа от", "gen"), "above": ("над", "ins"), "below": ("под", "ins")}  # fmt: skip
 
 
-def _en_relation(scene: Scene, rng: np.random.Generator) -> str:
+def _en_relation(scene: Scene, complete: bool) -> str:
+    """ "a small red circle to the left of a large blue square on a white background", or
+    without sizes and background ("a red circle to the left of a blue square")."""
     a, rel, b = _relation(scene)  # type: ignore[misc]
-    return (
-        f"{_en_object(a, True)} {_EN_RELATION[rel]} {_en_object(b, True)}"
-        f" on {_article(scene.background)} background"
-    )
+    words = f"{_en_object(a, complete)} {_EN_RELATION[rel]} {_en_object(b, complete)}"
+    return f"{words} on {_article(scene.background)} background" if complete else words
 
 
-def _ru_relation(scene: Scene, rng: np.random.Generator) -> str:
+def _ru_relation(scene: Scene, complete: bool) -> str:
     a, rel, b = _relation(scene)  # type: ignore[misc]
     preposition, case = _RU_RELATION[rel]
-    return (
-        f"{ru_object(a, 'nom', True)} {preposition} {ru_object(b, case, True)} "
-        f"{ru_background(scene.background, 'pre')}"
-    )
+    words = f"{ru_object(a, 'nom', complete)} {preposition} {ru_object(b, case, complete)}"
+    return f"{words} {ru_background(scene.background, 'pre')}" if complete else words
 
 
 _WITH_SIZE = ALL_ATTRIBUTES | {"size"}
@@ -483,7 +481,20 @@ _TEMPLATE_LIST: tuple[Template, ...] = (
     Template(
         "en_no_background", "en", _WITH_SIZE - {"background"}, lambda s, r: _en_placed(s, r, True)
     ),  # fmt: skip
-    Template("en_relation", "en", _WITH_SIZE - {"position"}, _en_relation, pair_only=True),
+    Template(
+        "en_relation",
+        "en",
+        _WITH_SIZE - {"position"},
+        lambda s, r: _en_relation(s, complete=True),
+        pair_only=True,
+    ),
+    Template(
+        "en_relation_short",
+        "en",
+        frozenset({"shape", "color"}),
+        lambda s, r: _en_relation(s, complete=False),
+        pair_only=True,
+    ),
     Template(
         "ru_full",
         "ru",
@@ -525,15 +536,30 @@ _TEMPLATE_LIST: tuple[Template, ...] = (
         _WITH_SIZE - {"background"},
         lambda s, r: _ru_placed(s, r, True, False),
     ),  # fmt: skip
-    Template("ru_relation", "ru", _WITH_SIZE - {"position"}, _ru_relation, pair_only=True),
+    Template(
+        "ru_relation",
+        "ru",
+        _WITH_SIZE - {"position"},
+        lambda s, r: _ru_relation(s, complete=True),
+        pair_only=True,
+    ),
+    Template(
+        "ru_relation_short",
+        "ru",
+        frozenset({"shape", "color"}),
+        lambda s, r: _ru_relation(s, complete=False),
+        pair_only=True,
+    ),
 )
 TEMPLATES: dict[str, Template] = {t.name: t for t in _TEMPLATE_LIST}
 """Every caption template by name. Templates that omit something: `*_no_background` (no
-background), `*_relation` (no absolute positions: "a red circle to the left of a blue
-square"; only for two shapes in one row or column). All others name shape, colour,
-position and background; `*_full`/`*_picture`/`*_relation`/`*_no_background` also size."""
+background), `*_relation` (no absolute positions: "a small red circle to the left of a large
+blue square on a white background"; only for two shapes in one row or column),
+`*_relation_short` (the same without sizes and background: "a red circle to the left of a
+blue square", the way people write it). All others name shape, colour, position and
+background; `*_full`/`*_picture`/`*_relation`/`*_no_background` also size."""
 NO_BACKGROUND_PROBABILITY = 0.1
-RELATION_PROBABILITY = 0.3
+RELATION_PROBABILITY = 0.5
 
 
 def caption(
@@ -546,8 +572,9 @@ def caption(
 def caption_with_template(
     scene: Scene, language: Language, rng: np.random.Generator, template: str | None = None
 ) -> tuple[str, str]:
-    """(caption, template name). Relation templates are used for 30% of eligible pairs,
-    background-free ones for 10% of captions, the complete ones otherwise."""
+    """(caption, template name). Relation templates are used for half of the eligible pairs (half
+    of them the short one), background-free ones for 10% of captions, the complete ones
+    otherwise."""
     if language not in ("en", "ru"):
         raise InvalidInput(f"caption language {language!r} is not one of en, ru")
     if not scene.shapes:
@@ -555,7 +582,8 @@ def caption_with_template(
     if template is None:
         u = float(rng.random())
         if _relation(scene) is not None and u < RELATION_PROBABILITY:
-            template = f"{language}_relation"
+            short = u < RELATION_PROBABILITY / 2  # no extra draw: other captions stay the same
+            template = f"{language}_relation_short" if short else f"{language}_relation"
         elif u > 1.0 - NO_BACKGROUND_PROBABILITY:
             template = f"{language}_no_background"
         else:

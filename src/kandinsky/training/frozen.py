@@ -3,8 +3,10 @@
 A decoder step spends most of its time in networks that never change: MoVQ encodes the
 images, CLIP embeds them, the text encoder reads the captions. With a cache those outputs
 are computed in the first epoch and read back afterwards. Text outputs are keyed by the
-caption, image outputs by the sample (data source, sample key, size, crop). Image outputs
-are cached only with deterministic crops: a random crop is a different image every epoch.
+caption, image outputs by a digest of the pixels the network reads (so an image edited or
+regenerated in place is never answered from the cache, and the same picture in another
+folder is). Image outputs are cached only with deterministic crops: a random crop is a
+different image every epoch.
 Every key carries a digest of the network's weights, so other weights never read stale
 values. Without a cache the same functions compute every row, every step.
 """
@@ -35,19 +37,24 @@ def weights_digest(module: nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
+def pixels_digest(image: torch.Tensor) -> str:
+    """A digest of one image tensor's shape and values (≈ 10 ms for a 768² image)."""
+    pixels = image.detach().to("cpu", torch.float32).contiguous()
+    digest = hashlib.blake2b(str(tuple(pixels.shape)).encode(), digest_size=16)
+    digest.update(pixels.numpy().tobytes())
+    return digest.hexdigest()
+
+
 class FrozenOutputs:
     """Per-row outputs of frozen networks, through an `EmbeddingCache` when one is given."""
 
     def __init__(
         self, cache: EmbeddingCache | None, data: Any | None, device: torch.device
     ) -> None:
-        """`data`: the run's DataConfig (source, size, crop: what an image key depends on)."""
+        """`data`: the run's DataConfig (its crop decides whether images are cached)."""
         self.cache = cache
         self.device = device
-        deterministic = data is not None and data.crop == "center"
-        self.image_scope = (
-            f"{data.source}|{data.image_size}|{data.crop}|{data.buckets}" if deterministic else None
-        )
+        self.cache_images = data is not None and data.crop == "center"
         self._digests: dict[int, str] = {}
 
     def text(
@@ -59,12 +66,11 @@ class FrozenOutputs:
     def image(
         self, module: nn.Module, what: str, batch: dict, compute: Compute, n: int
     ) -> dict[str, torch.Tensor]:
-        """`compute` (named `what`) over the batch's n images, cached per sample when the
-        crop is deterministic."""
-        keys = batch.get("key")
-        if self.image_scope is None or keys is None:
+        """`compute` (named `what`) over the batch's n images, cached per image (by its
+        pixels) when the crop is deterministic."""
+        if not self.cache_images or self.cache is None:
             return compute(list(range(n)))
-        return self._rows(module, what, [f"{self.image_scope}|{k}" for k in keys], compute)
+        return self._rows(module, what, [pixels_digest(row) for row in batch["image"]], compute)
 
     def _rows(
         self, module: nn.Module, what: str, ids: list[str], compute: Compute
