@@ -243,7 +243,9 @@ def test_short_relation_captions_are_how_people_write_them() -> None:
         ),
         "white",
     )
-    assert data.caption(row, "ru", rng, "ru_relation_short") == "красный круг слева от синего квадрата"
+    assert (
+        data.caption(row, "ru", rng, "ru_relation_short") == "красный круг слева от синего квадрата"
+    )
     assert (
         data.caption(row, "en", rng, "en_relation_short")
         == "a red circle to the left of a blue square"

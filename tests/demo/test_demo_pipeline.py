@@ -55,7 +55,7 @@ def test_contrastive_loss_falls(corpus, tokenizers):
     clip_tok, _ = tokenizers
     torch.set_num_threads(1)
     _, losses = encoders.train_clip(
-        images, scenes, clip_tok, DEMO, StagePlan(60, 32, 2e-3), seed=0, log=lambda _: None
+        images, scenes, clip_tok, DEMO, StagePlan(100, 32, 2e-3), seed=0, log=lambda _: None
     )
     assert np.mean(losses[-10:]) < 0.85 * np.mean(losses[:10])
     # the full plan's batches: half of them layout variants rendered on the fly

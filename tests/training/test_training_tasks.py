@@ -512,3 +512,30 @@ def test_masks_are_binary_never_empty_or_full_and_deterministic(kind, size):
 def test_mask_kind_is_checked():
     with pytest.raises(InvalidInput, match="mask kind"):
         random_mask(8, 8, torch.Generator(), "circle")
+    with pytest.raises(InvalidInput, match="'circle' is unknown"):
+        random_mask(8, 8, torch.Generator(), {"box": 1.0, "circle": 1.0})
+    with pytest.raises(InvalidInput, match="weights must be"):
+        random_mask(8, 8, torch.Generator(), {"box": 0.0})
+    with pytest.raises(InvalidInput, match="task option mask_kind"):
+        TaskOptions.from_dict({"mask_kind": {"band": -1}})
+
+
+def test_a_mask_mixture_draws_each_kind_by_its_weight():
+    """{"box": 3, "band": 1}: about three boxes (one rectangle inside the image) per band
+    (a full-width or full-height strip along one side), nothing else."""
+    generator = torch.Generator().manual_seed(0)
+    kinds = []
+    for _ in range(400):
+        mask = random_mask(32, 32, generator, {"box": 3.0, "band": 1.0})[0]
+        rows, cols = mask.any(1).nonzero(), mask.any(0).nonzero()
+        full_rows, full_cols = mask.all(1).any(), mask.all(0).any()
+        touches = (rows.min() == 0) | (rows.max() == 31) | (cols.min() == 0) | (cols.max() == 31)
+        kinds.append("band" if (full_rows or full_cols) and touches else "box")
+    assert 0.65 < kinds.count("box") / len(kinds) < 0.85
+
+
+def test_bands_reach_past_half_the_image_for_outpainting():
+    """Doubling an image's width with an overlap repaints more than half of it."""
+    generator = torch.Generator().manual_seed(0)
+    covered = [float(random_mask(64, 64, generator, "band").mean()) for _ in range(300)]
+    assert max(covered) > 0.6 and min(covered) >= 0.09

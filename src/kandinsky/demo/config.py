@@ -117,7 +117,9 @@ class DemoPlan:
     movq: StagePlan = StagePlan(6000, 16, 1e-3)
     prior: StagePlan = StagePlan(4000, 64, 3e-4)
     decoder: StagePlan = StagePlan(24000, 32, 4e-4, ema_decay=0.999)  # ≈ 62 min, cached encoders
-    inpaint: StagePlan = StagePlan(3000, 32, 2e-4, ema_decay=0.999)
+    inpaint: StagePlan = StagePlan(4000, 32, 2e-4, ema_decay=0.999)
+    # the gates repaint a shape's cell (a box) and extend half an image (a deep band)
+    inpaint_masks: tuple[tuple[str, float], ...] = (("box", 0.4), ("band", 0.3), ("any", 0.3))
     decoder_snr_gamma: float | None = 5.0  # Min-SNR-γ weighting for decoder and inpaint
     judge_steps: int = 2000
     judge_pool: int = 12000

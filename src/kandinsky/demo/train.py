@@ -441,6 +441,7 @@ def _stage_inpaint(ctx: _Context) -> dict:
         "freeze_resblocks": False,
         "init_from_unet": True,
         "snr_gamma": ctx.plan.decoder_snr_gamma,
+        "mask_kind": dict(ctx.plan.inpaint_masks),
     }
     final = _train_stage(ctx, "inpaint", ctx.plan.inpaint, options)
     _replace_component(ctx.model, final, "inpaint_unet")

@@ -15,15 +15,20 @@ Kinds (all at the resolution asked, normally the latent's, as the original does)
 - "box": one axis-aligned rectangle, sides 10 %–62 % of the image (the original's boxes);
 - "brush": 1–4 thick random polylines (free-form strokes, in place of the original's
   smoothed polygons);
-- "band": one border band (outpainting one side);
+- "band": one border band 10 %–70 % deep (outpainting one side: doubling an image's width
+  with an 8-pixel overlap needs more than half of it);
 - "frame": a border frame on all four sides, rectangular or elliptic (outpainting all round);
 - "any": a box with p 0.1, else a brush stroke set and/or a band/frame, mirroring the
   original's mixture.
+
+A mixture of kinds is a mapping kind → weight (`{"box": 0.4, "band": 0.3, "any": 0.3}`): each
+mask draws its kind by weight, then its shape.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import torch
 
@@ -92,9 +97,9 @@ def brush_mask(h: int, w: int, generator: torch.Generator) -> torch.Tensor:
 
 
 def band_mask(h: int, w: int, generator: torch.Generator) -> torch.Tensor:
-    """Repaint a band 10 %–50 % deep along one random side."""
+    """Repaint a band 10 %–70 % deep along one random side."""
     side = _randint(generator, 0, 3)  # top, bottom, left, right
-    depth = _uniform(generator, 0.1, 0.5)
+    depth = _uniform(generator, 0.1, 0.7)
     mask = torch.zeros(h, w)
     rows, cols = max(1, round(depth * h)), max(1, round(depth * w))
     if side == 0:
@@ -146,18 +151,44 @@ _MAKERS = {
 }
 
 
-def random_mask(h: int, w: int, generator: torch.Generator, kind: str = "any") -> torch.Tensor:
+MaskKind = str | Mapping[str, float]
+
+
+def check_mask_kind(kind: MaskKind) -> dict[str, float]:
+    """`kind` as {kind: weight} (one kind → weight 1); unknown kinds or bad weights raise."""
+    weights = {kind: 1.0} if isinstance(kind, str) else dict(kind)
+    unknown = [k for k in weights if k not in _MAKERS]
+    if unknown or not weights:
+        raise InvalidInput(
+            f"mask kind {unknown[0] if unknown else kind!r} is unknown; choose one of "
+            f"{', '.join(KINDS)} or a table of them with weights, e.g. {{box = 0.5, band = 0.5}}"
+        )
+    bad = {k: v for k, v in weights.items() if not isinstance(v, int | float) or v < 0}
+    if bad or sum(weights.values()) <= 0:
+        raise InvalidInput(f"mask kind weights must be ≥ 0 and not all 0, got {weights}")
+    return {k: float(v) for k, v in weights.items()}
+
+
+def random_mask(h: int, w: int, generator: torch.Generator, kind: MaskKind = "any") -> torch.Tensor:
     """A (1, h, w) float mask of 0/1, 1 = repaint; never empty and never full.
 
-    Deterministic given the generator's state. A draw that comes out empty or full (possible
-    on tiny latents) is redrawn a few times, then replaced by a centred box.
+    `kind`: one of `KINDS`, or a mapping kind → weight. Deterministic given the generator's
+    state. A draw that comes out empty or full (possible on tiny latents) is redrawn a few
+    times, then replaced by a centred box.
     """
-    if kind not in _MAKERS:
-        raise InvalidInput(f"mask kind {kind!r} is unknown; choose one of {', '.join(KINDS)}")
+    weights = check_mask_kind(kind)
     if h < 2 or w < 2:
         raise InvalidInput(f"masks need at least 2×2 pixels, got {h}×{w}")
+    names = list(weights)
     for _ in range(8):
-        mask = _MAKERS[kind](h, w, generator)
+        chosen = names[0]
+        if len(names) > 1:
+            pick = _uniform(generator, 0.0, sum(weights.values()))
+            for chosen in names:
+                pick -= weights[chosen]
+                if pick < 0:
+                    break
+        mask = _MAKERS[chosen](h, w, generator)
         covered = float(mask.mean())
         if 0.0 < covered < 1.0:
             return mask[None]

@@ -53,7 +53,7 @@ from kandinsky.training.losses import (
     movq_loss,
     prior_loss,
 )
-from kandinsky.training.masks import KINDS, random_mask
+from kandinsky.training.masks import MaskKind, check_mask_kind, random_mask
 
 if TYPE_CHECKING:
     from kandinsky.training.config import TrainConfig
@@ -71,7 +71,7 @@ class TaskOptions:
     freeze_resblocks: bool = True  # decoder: ResBlock norm/conv/emb weights frozen
     freeze_attention: bool = False  # decoder: attention q/k/v/out frozen
     snr_gamma: float | None = None  # decoder/inpaint: Min-SNR-γ mse weighting (None = original)
-    mask_kind: str = "any"  # inpaint: see training.masks.KINDS
+    mask_kind: MaskKind = "any"  # inpaint: a training.masks kind, or a table kind → weight
     init_from_unet: bool = (
         False  # inpaint: start from the text2img UNet (extra input channels zero)
     )
@@ -114,10 +114,10 @@ class TaskOptions:
                 raise InvalidInput(f"task option {name} must be between 0 and 1, got {value}")
         if options.snr_gamma is not None and options.snr_gamma <= 0:
             raise InvalidInput(f"task option snr_gamma must be > 0, got {options.snr_gamma}")
-        if options.mask_kind not in KINDS:
-            raise InvalidInput(
-                f"task option mask_kind is {options.mask_kind!r}; choose one of {', '.join(KINDS)}"
-            )
+        try:
+            check_mask_kind(options.mask_kind)
+        except InvalidInput as error:
+            raise InvalidInput(f"task option mask_kind: {error}") from None
         if options.disc_weight < 0 or options.disc_start < 0 or options.disc_layers < 1:
             raise InvalidInput(
                 "task options disc_weight and disc_start must be ≥ 0 and disc_layers ≥ 1"
