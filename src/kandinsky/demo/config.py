@@ -107,12 +107,14 @@ class DemoPlan:
     image_size: int = IMAGE_SIZE
     train_images: int = 20000
     heldout_images: int = 500
-    vision_warm_start: StagePlan | None = StagePlan(1500, 128, 3e-4)  # encoders.pretrain_vision
+    vision_warm_start: StagePlan | None = StagePlan(2000, 128, 3e-4)  # encoders.pretrain_vision
     clip: StagePlan = StagePlan(1500, 128, 3e-4)
     clip_hard_negatives: float = 0.5  # batch share of layout variants (encoders.train_clip)
     clip_swap_share: float = 0.3  # of those variants, the share that swap two shapes' colours
     clip_kind_share: float = 0.8  # of the others, the share that change a kind, not a place
-    clip_layout_weight: float = 1.0  # auxiliary per-cell kind/colour loss on both CLIP towers
+    # auxiliary per-cell kind/colour loss on both CLIP towers; at 1.0 the contrastive loss
+    # wore the warm start's kind knowledge down (two-shape scenes: both kinds 0.65 by probe)
+    clip_layout_weight: float = 3.0
     mclip: StagePlan = StagePlan(1500, 64, 1e-3)
     movq: StagePlan = StagePlan(6000, 16, 1e-3)
     prior: StagePlan = StagePlan(4000, 64, 3e-4)
