@@ -195,15 +195,18 @@ def test_russian_backgrounds_decline(background: str, case: str, expected: str) 
     assert data.ru_background(background, case) == expected
 
 
+ROW = data.Scene(
+    (
+        data.ShapeSpec("circle", "red", "small", "left"),
+        data.ShapeSpec("square", "blue", "large", "right"),
+    ),
+    "white",
+)
+
+
 def test_relation_captions_read_naturally_in_both_languages() -> None:
     rng = np.random.default_rng(0)
-    row = data.Scene(
-        (
-            data.ShapeSpec("circle", "red", "small", "left"),
-            data.ShapeSpec("square", "blue", "large", "right"),
-        ),
-        "white",
-    )
+    row = ROW
     assert (
         data.caption(row, "en", rng, "en_relation")
         == "a small red circle to the left of a large blue square on a white background"
@@ -236,13 +239,7 @@ def test_short_relation_captions_are_how_people_write_them() -> None:
     """The README's main command, "красный круг слева от синего квадрата", has no sizes and no
     background: the short relation template puts exactly that phrasing in the training data."""
     rng = np.random.default_rng(0)
-    row = data.Scene(
-        (
-            data.ShapeSpec("circle", "red", "small", "left"),
-            data.ShapeSpec("square", "blue", "large", "right"),
-        ),
-        "white",
-    )
+    row = ROW
     assert (
         data.caption(row, "ru", rng, "ru_relation_short") == "красный круг слева от синего квадрата"
     )

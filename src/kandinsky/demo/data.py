@@ -444,6 +444,30 @@ def _ru_relation(scene: Scene, complete: bool) -> str:
 
 
 _WITH_SIZE = ALL_ATTRIBUTES | {"size"}
+
+
+def _relation_templates(
+    language: Language, write: Callable[[Scene, bool], str]
+) -> tuple[Template, Template]:
+    """`<language>_relation` (sizes and background too) and `<language>_relation_short`."""
+    return (
+        Template(
+            f"{language}_relation",
+            language,
+            _WITH_SIZE - {"position"},
+            lambda s, r: write(s, True),
+            pair_only=True,
+        ),
+        Template(
+            f"{language}_relation_short",
+            language,
+            frozenset({"shape", "color"}),
+            lambda s, r: write(s, False),
+            pair_only=True,
+        ),
+    )
+
+
 _TEMPLATE_LIST: tuple[Template, ...] = (
     Template(
         "en_full",
@@ -481,20 +505,7 @@ _TEMPLATE_LIST: tuple[Template, ...] = (
     Template(
         "en_no_background", "en", _WITH_SIZE - {"background"}, lambda s, r: _en_placed(s, r, True)
     ),  # fmt: skip
-    Template(
-        "en_relation",
-        "en",
-        _WITH_SIZE - {"position"},
-        lambda s, r: _en_relation(s, complete=True),
-        pair_only=True,
-    ),
-    Template(
-        "en_relation_short",
-        "en",
-        frozenset({"shape", "color"}),
-        lambda s, r: _en_relation(s, complete=False),
-        pair_only=True,
-    ),
+    *_relation_templates("en", _en_relation),
     Template(
         "ru_full",
         "ru",
@@ -536,20 +547,7 @@ _TEMPLATE_LIST: tuple[Template, ...] = (
         _WITH_SIZE - {"background"},
         lambda s, r: _ru_placed(s, r, True, False),
     ),  # fmt: skip
-    Template(
-        "ru_relation",
-        "ru",
-        _WITH_SIZE - {"position"},
-        lambda s, r: _ru_relation(s, complete=True),
-        pair_only=True,
-    ),
-    Template(
-        "ru_relation_short",
-        "ru",
-        frozenset({"shape", "color"}),
-        lambda s, r: _ru_relation(s, complete=False),
-        pair_only=True,
-    ),
+    *_relation_templates("ru", _ru_relation),
 )
 TEMPLATES: dict[str, Template] = {t.name: t for t in _TEMPLATE_LIST}
 """Every caption template by name. Templates that omit something: `*_no_background` (no
