@@ -187,6 +187,33 @@ def test_layout_probe_reads_what_the_embedding_holds():
         encoders.layout_probe(MeanColour(), DEMO, images[:5], scenes[:5])
 
 
+def test_scene_kind_probe_needs_an_embedding_that_knows_where_each_shape_is():
+    """Mean colour (no place) reads no scene's kinds; a 16×16 thumbnail (places and coarse
+    outlines) reads some, one-shape scenes best."""
+    examples = list(data.generate(700, seed=4, size=64))
+    images = np.stack([np.asarray(e.image) for e in examples])
+    scenes = [e.scene for e in examples]
+
+    class Tower(torch.nn.Module):
+        def __init__(self, thumbnail: bool) -> None:
+            super().__init__()
+            self.thumbnail = thumbnail
+
+        def forward(self, pixel_values):
+            if self.thumbnail:
+                feats = torch.nn.functional.adaptive_avg_pool2d(pixel_values, 16).flatten(1)
+            else:
+                feats = pixel_values.flatten(2).mean(-1)
+            return type("Out", (), {"image_embeds": feats})()
+
+    split = (images[:600], scenes[:600]), (images[600:], scenes[600:])
+    blind = encoders.scene_kind_probe(Tower(False), DEMO, *split, steps=300)
+    seeing = encoders.scene_kind_probe(Tower(True), DEMO, *split, steps=300)
+    assert blind.keys() == seeing.keys() == {"1", "2", "3"}
+    assert max(blind.values()) < 0.05 and seeing["1"] > 0.15
+    assert seeing["1"] > seeing["2"] >= seeing["3"]
+
+
 def test_cell_layout_names_the_kind_and_colour_in_each_cell_or_empty():
     scene = data.Scene(
         (

@@ -245,6 +245,11 @@ def _stage_encoders(ctx: _Context) -> dict:
     if sum(len(scene.shapes) == 1 for scene in heldout_scenes) >= 20:
         probe = encoders.layout_probe(clip.vision, DEMO, heldout_images, heldout_scenes)
         ctx.log(f"encoders: image-embedding probe {probe}")
+    n = min(len(scenes), 8000)
+    kinds = encoders.scene_kind_probe(
+        clip.vision, DEMO, (images[:n], scenes[:n]), (heldout_images, heldout_scenes)
+    )
+    ctx.log(f"encoders: every kind of a scene read from its embedding, by shape count {kinds}")
     binding = encoders.binding_cosines(clip, clip_tok, DEMO, heldout_scenes, p.image_size)
     ctx.log(f"encoders: scene vs swapped-twin cosines {binding}")
     encoder_networks = {"clip_text": clip.text, "clip_vision": clip.vision, "text_encoder": student}
@@ -258,6 +263,7 @@ def _stage_encoders(ctx: _Context) -> dict:
         "en_ru_cosine_same_scene": same,
         "en_ru_cosine_other_scenes": other,
         "layout_probe": probe,
+        "scene_kind_probe": kinds,
         "binding_cosines": binding,
         "clip_vocab": len(clip_tok),
         "mclip_vocab": len(mclip_tok),
