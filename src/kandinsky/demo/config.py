@@ -4,7 +4,7 @@ Every width that diffusers ties together is one number here, `D` = 128: the CLIP
 the CLIP text width (the prior reads its token states), the prior's clip_dim, M-CLIP's
 output, and the UNet's image-embedding / pooled-text / cross-attention widths.
 Images are 64×64; MoVQ has 3 levels (downscale 4, where the full model's 4 levels give 8),
-so latents are 16×16 and the 4-level UNet runs at 16, 8, 4 and 2 pixels (attention at 4 and
+so latents are 16×16 and the 4-level UNet runs at 16, 8, 4 and 2 pixels (attention at 8, 4 and
 2). At downscale 8 the shapes (9–17 px) were one or two latent cells wide and the trained
 MoVQ could not draw them back sharply enough to tell a star from a circle (docs/demo).
 
@@ -38,7 +38,7 @@ _UNET = UNetConfig(
     model_channels=48,
     channel_mult=(1, 1, 2, 2),
     num_res_blocks=1,
-    attention_levels=(2, 3),
+    attention_levels=(1, 2, 3),  # as the full model: every level but the first (8, 4, 2 px)
     head_channels=24,
     cross_attention_dim=D,
     text_dim=128,  # M-CLIP hidden size
@@ -118,7 +118,7 @@ class DemoPlan:
     mclip: StagePlan = StagePlan(1500, 64, 1e-3)
     movq: StagePlan = StagePlan(6000, 16, 1e-3)
     prior: StagePlan = StagePlan(4000, 64, 3e-4)
-    decoder: StagePlan = StagePlan(24000, 32, 4e-4, ema_decay=0.999)  # ≈ 62 min, cached encoders
+    decoder: StagePlan = StagePlan(20000, 32, 4e-4, ema_decay=0.999)  # ≈ 60 min, cached encoders
     inpaint: StagePlan = StagePlan(4000, 32, 2e-4, ema_decay=0.999)
     # the gates repaint a shape's cell (a box) and extend half an image (a deep band)
     inpaint_masks: tuple[tuple[str, float], ...] = (("box", 0.4), ("band", 0.3), ("any", 0.3))
