@@ -257,6 +257,9 @@ def test_invalid_input_shows_the_message_not_a_traceback(page):
 def test_inpaint_with_a_painted_stroke(page, tmp_path: Path):
     source = _write_input(tmp_path, 128, 96)
     _open_tab(page, "Inpaint", "#inpaint-editor")
+    # the editor's drawing surface must exist before a picture arrives: on a loaded machine
+    # an upload into a half-mounted editor fails inside Gradio ("reset_layers" of undefined)
+    page.locator("#inpaint-editor .pixi-target canvas").first.wait_for(state="attached")
     page.locator("#inpaint-editor input[type=file]").set_input_files(str(source))
     page.wait_for_selector("#inpaint-editor button[aria-label='Undo']")
     # the "input image size" preset shows the picture's own size
