@@ -518,6 +518,8 @@ def test_mask_kind_is_checked():
         random_mask(8, 8, torch.Generator(), {"box": 0.0})
     with pytest.raises(InvalidInput, match="task option mask_kind"):
         TaskOptions.from_dict({"mask_kind": {"band": -1}})
+    with pytest.raises(InvalidInput, match="table kind"):
+        TaskOptions.from_dict({"mask_kind": ["box", "band"]})
 
 
 def test_a_mask_mixture_draws_each_kind_by_its_weight():

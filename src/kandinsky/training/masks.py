@@ -156,6 +156,10 @@ MaskKind = str | Mapping[str, float]
 
 def check_mask_kind(kind: MaskKind) -> dict[str, float]:
     """`kind` as {kind: weight} (one kind → weight 1); unknown kinds or bad weights raise."""
+    if not isinstance(kind, str | Mapping):
+        raise InvalidInput(
+            f"mask kind must be one of {', '.join(KINDS)} or a table kind → weight, got {kind!r}"
+        )
     weights = {kind: 1.0} if isinstance(kind, str) else dict(kind)
     unknown = [k for k in weights if k not in _MAKERS]
     if unknown or not weights:
@@ -163,7 +167,11 @@ def check_mask_kind(kind: MaskKind) -> dict[str, float]:
             f"mask kind {unknown[0] if unknown else kind!r} is unknown; choose one of "
             f"{', '.join(KINDS)} or a table of them with weights, e.g. {{box = 0.5, band = 0.5}}"
         )
-    bad = {k: v for k, v in weights.items() if not isinstance(v, int | float) or v < 0}
+    bad = {
+        k: v
+        for k, v in weights.items()
+        if isinstance(v, bool) or not isinstance(v, int | float) or v < 0
+    }
     if bad or sum(weights.values()) <= 0:
         raise InvalidInput(f"mask kind weights must be ≥ 0 and not all 0, got {weights}")
     return {k: float(v) for k, v in weights.items()}
