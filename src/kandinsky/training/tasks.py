@@ -346,6 +346,7 @@ class _Task:
                 ) from e
             cache = EmbeddingCache(data.cache_dir)
         self.frozen = FrozenOutputs(cache, data, self.device)
+        self._zero_embeds: torch.Tensor | None = None  # the frozen tower's, computed once
 
     def trainable(self) -> nn.Module:
         return self.module
@@ -398,7 +399,10 @@ class _Task:
         vision = self.parts.clip_vision
         embeds = self.frozen.image(vision, "embeds", batch, compute, len(images))["embeds"].float()
         if drop is not None and bool(drop.any()):  # zero pixels, as the original dataset
-            embeds[drop.to(embeds.device)] = zero_image_embedding(vision).float()[0]
+            if self._zero_embeds is None:
+                with torch.no_grad():
+                    self._zero_embeds = zero_image_embedding(vision).float()[0]
+            embeds[drop.to(embeds.device)] = self._zero_embeds.to(embeds.device)
         return embeds
 
     def _text(
