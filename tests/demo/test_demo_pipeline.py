@@ -181,8 +181,9 @@ def test_layout_probe_reads_what_the_embedding_holds():
             return type("Out", (), {"image_embeds": feats})()
 
     probe = encoders.layout_probe(MeanColour(), DEMO, images, scenes)
-    assert probe.keys() == {"kind", "color", "size", "position"}
+    assert probe.keys() == {"kind", "color", "size", "position", "background"}
     assert probe["position"] < 0.5  # pooled colour statistics carry no place
+    assert probe["background"] > 0.8  # but the colour most pixels have
     with pytest.raises(ValueError, match="20 one-shape"):
         encoders.layout_probe(MeanColour(), DEMO, images[:5], scenes[:5])
 
@@ -322,6 +323,18 @@ def test_layout_heads_read_kind_and_colour_per_cell_from_an_embedding():
     assert loss.item() < 0.1 * expected.item()
 
 
+def test_layout_heads_with_background_add_the_scene_background_cross_entropy():
+    scenes = [e.scene for e in data.generate(24, seed=6, size=64)]
+    torch.manual_seed(0)
+    heads = encoders.LayoutHeads(16, background=True)
+    codes = torch.nn.functional.normalize(torch.randn(len(scenes), 16), dim=-1)
+    target = torch.tensor([list(data.BACKGROUNDS).index(s.background) for s in scenes])
+    background = torch.nn.functional.cross_entropy(heads.background(codes * 10), target)
+    without = encoders.LayoutHeads(16)
+    without.load_state_dict(heads.state_dict(), strict=False)
+    torch.testing.assert_close(heads.loss(codes, scenes), without.loss(codes, scenes) + background)
+
+
 def test_clip_layout_weight_adds_the_layout_loss_on_both_towers(corpus, tokenizers):
     images, scenes = corpus
     torch.set_num_threads(1)
@@ -329,9 +342,11 @@ def test_clip_layout_weight_adds_the_layout_loss_on_both_towers(corpus, tokenize
     _, plain = encoders.train_clip(*args)
     _, with_layout = encoders.train_clip(*args, layout_weight=1.0)
     # same seed, same first batch: the first loss differs by the two heads' cross-entropies,
-    # each about ln(7) + ln(8) per cell at initialisation
+    # each about ln(7) + ln(8) per cell at initialisation, and the image head's background
+    # cross-entropy, about ln(number of backgrounds)
+    expected = 2 * (np.log(7) + np.log(8)) + np.log(len(data.BACKGROUNDS))
     extra = with_layout[0] - plain[0]
-    assert 2 * (np.log(7) + np.log(8)) * 0.7 < extra < 2 * (np.log(7) + np.log(8)) * 1.3
+    assert expected * 0.7 < extra < expected * 1.3
 
 
 def test_grid_labels_use_dejavu_sans_for_cyrillic_else_pils_default(monkeypatch):

@@ -296,13 +296,15 @@ def cell_layout(scene: data.Scene) -> tuple[list[int], list[int]]:
 
 class LayoutHeads(nn.Module):
     """Linear read-outs of a normalised embedding: per position cell, which kind and which
-    colour stands there (or "empty"), trained with cross-entropy on the generator's labels."""
+    colour stands there (or "empty"), and with `background` the scene's background, trained
+    with cross-entropy on the generator's labels."""
 
-    def __init__(self, width: int) -> None:
+    def __init__(self, width: int, background: bool = False) -> None:
         super().__init__()
         self.cells = len(data.POSITIONS)
         self.kind = nn.Linear(width, self.cells * (len(data.KINDS) + 1))
         self.color = nn.Linear(width, self.cells * (len(data.COLORS) + 1))
+        self.background = nn.Linear(width, len(data.BACKGROUNDS)) if background else None
 
     def loss(
         self, embeds: torch.Tensor, scenes: Sequence[data.Scene], color_weight: float = 1.0
@@ -315,6 +317,11 @@ class LayoutHeads(nn.Module):
         if color_weight:
             colors = torch.tensor([c for _, c in layouts], device=embeds.device).flatten()
             loss = loss + color_weight * F.cross_entropy(self.color(x).view(n, -1), colors)
+        if self.background is not None:
+            names = list(data.BACKGROUNDS)
+            target = [names.index(scene.background) for scene in scenes]
+            target_t = torch.tensor(target, device=embeds.device)
+            loss = loss + F.cross_entropy(self.background(x), target_t)
         return loss
 
 
@@ -382,7 +389,9 @@ def train_clip(
     change a kind and the others a place. The full demo plan uses 0.5 and 0.8 (batch
     128); on tiny batches and few steps the variants stall the loss at its uniform value, so
     the default is off. `layout_weight`: weight of an auxiliary `LayoutHeads` loss on both
-    towers' embeddings (kind and colour per cell), which keeps what the warm start taught and
+    towers' embeddings (kind and colour per cell; the background too on the image side: at
+    weight 3 without it, run 7's image embeddings lost it, probe 0.99 → 0.82, and the decoder
+    drew the wrong background for half the prompts), which keeps what the warm start taught and
     puts the same layout, colours bound to places, into the text embedding the prior and the
     M-CLIP student learn from (contrastive batches alone barely ask for it: the text
     embeddings of a caption and of its colour-swapped twin stayed at cosine 0.93).
@@ -393,7 +402,8 @@ def train_clip(
     if vision is not None:
         model.vision.load_state_dict(vision.state_dict())
     width = config.clip.vision.projection_dim
-    heads = nn.ModuleList([LayoutHeads(width), LayoutHeads(width)])  # image, text
+    # image, text: only the image knows the background for sure (short captions omit it)
+    heads = nn.ModuleList([LayoutHeads(width, background=True), LayoutHeads(width)])
     trained = nn.ModuleList([model, heads]) if layout_weight else model
     opt, sched = _adamw(trained.parameters(), plan.lr, plan.steps)
     rng = np.random.default_rng(seed)
@@ -477,8 +487,8 @@ def layout_probe(
 ) -> dict[str, float]:
     """Held-out accuracy of linear probes on the image embeddings of one-shape scenes.
 
-    What the prior's target space knows per attribute (kind, colour, size, position): the
-    decoder can only draw what is in it. `images` uint8 (N, H, W, 3) with their `scenes`;
+    What the prior's target space knows per attribute (kind, colour, size, position,
+    background): the decoder can only draw what is in it. `images` uint8 (N, H, W, 3) with their `scenes`;
     the one-shape ones are used, 80/20 split, softmax regression on normalised embeddings.
     """
     keep = [i for i, scene in enumerate(scenes) if len(scene.shapes) == 1]
@@ -488,8 +498,11 @@ def layout_probe(
     embeds = _image_embeds(vision, config, np.asarray(images)[keep])
     cut = int(0.8 * len(single))
     result = {}
-    for attr in ("kind", "color", "size", "position"):
-        labels = [getattr(scene.shapes[0], attr) for scene in single]
+    for attr in ("kind", "color", "size", "position", "background"):
+        if attr == "background":
+            labels = [scene.background for scene in single]
+        else:
+            labels = [getattr(scene.shapes[0], attr) for scene in single]
         names = sorted(set(labels))
         y = torch.tensor([names.index(label) for label in labels])
         with torch.enable_grad(), torch.random.fork_rng(devices=[]):
