@@ -319,9 +319,8 @@ class LayoutHeads(nn.Module):
             loss = loss + color_weight * F.cross_entropy(self.color(x).view(n, -1), colors)
         if self.background is not None:
             names = list(data.BACKGROUNDS)
-            target = [names.index(scene.background) for scene in scenes]
-            target_t = torch.tensor(target, device=embeds.device)
-            loss = loss + F.cross_entropy(self.background(x), target_t)
+            target = torch.tensor([names.index(s.background) for s in scenes], device=x.device)
+            loss = loss + F.cross_entropy(self.background(x), target)
         return loss
 
 
@@ -488,8 +487,9 @@ def layout_probe(
     """Held-out accuracy of linear probes on the image embeddings of one-shape scenes.
 
     What the prior's target space knows per attribute (kind, colour, size, position,
-    background): the decoder can only draw what is in it. `images` uint8 (N, H, W, 3) with their `scenes`;
-    the one-shape ones are used, 80/20 split, softmax regression on normalised embeddings.
+    background): the decoder can only draw what is in it. `images` uint8 (N, H, W, 3) with
+    their `scenes`; the one-shape ones are used, 80/20 split, softmax regression on
+    normalised embeddings.
     """
     keep = [i for i, scene in enumerate(scenes) if len(scene.shapes) == 1]
     if len(keep) < 20:
@@ -499,10 +499,7 @@ def layout_probe(
     cut = int(0.8 * len(single))
     result = {}
     for attr in ("kind", "color", "size", "position", "background"):
-        if attr == "background":
-            labels = [scene.background for scene in single]
-        else:
-            labels = [getattr(scene.shapes[0], attr) for scene in single]
+        labels = [getattr(s if attr == "background" else s.shapes[0], attr) for s in single]
         names = sorted(set(labels))
         y = torch.tensor([names.index(label) for label in labels])
         with torch.enable_grad(), torch.random.fork_rng(devices=[]):
