@@ -135,6 +135,39 @@ def test_padded_text_tokens_have_no_influence():
         assert not torch.equal(prior(**x), prior(**{**x, "text_states": x["text_states"] + 1}))
 
 
+def test_positions_padded_in_every_row_are_skipped_with_the_same_result():
+    prior = Prior(TINY.prior).eval()
+    x = inputs()
+    lengths = []
+    hook = prior.transformer_blocks[0].register_forward_pre_hook(
+        lambda _, args: lengths.append(args[0].shape[1])
+    )
+    short = {**x, "text_mask": x["text_mask"] & (torch.arange(TINY.prior.text_ctx) < 20)}
+    with torch.no_grad():
+        got = prior(**short)
+        # the same mask with one more real token in a row that is otherwise short: nothing
+        # is skipped past it, and the rows that do not see it are unchanged
+        longer = short["text_mask"].clone()
+        longer[2, 20] = True
+        full = prior(**{**short, "text_mask": longer})
+    hook.remove()
+    extra = TINY.prior.num_extra_tokens
+    assert lengths == [20 + extra, 21 + extra]
+    torch.testing.assert_close(got[:2], full[:2], rtol=0, atol=1e-6)
+    assert not torch.allclose(got[2], full[2])
+    reference = randomized_diffusers_prior()
+    prior.load_state_dict(reference.state_dict(), strict=True)
+    with torch.no_grad():
+        expected = reference(
+            short["x_t"],
+            timestep=short["timesteps"],
+            proj_embedding=short["pooled_text"],
+            encoder_hidden_states=short["text_states"],
+            attention_mask=short["text_mask"],
+        ).predicted_image_embedding
+        assert (prior(**short) - expected).abs().max().item() <= 1e-5
+
+
 def test_gradient_checkpointing_gives_the_same_gradients():
     prior = Prior(TINY.prior).train()
     x = inputs()

@@ -136,6 +136,22 @@ class Prior(nn.Module):
         # Padded queries also see themselves, so no row is fully masked (NaN); they never reach `prd`.
         return causal & (keys | eye)
 
+    def _without_padding_columns(
+        self, h: torch.Tensor, mask: torch.Tensor, text_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Drop the text positions that are padding in every row of the batch.
+
+        Such a position is a key for no other token and its own output never reaches `prd`, so
+        the result is the same (positions keep their own positional embedding, order is kept);
+        short captions in a 77-token context then cost what their length costs.
+        """
+        extra = text_mask.new_ones(self.config.num_extra_tokens, dtype=torch.bool)
+        keep = torch.cat([text_mask.bool().any(0), extra])
+        if bool(keep.all()):
+            return h, mask
+        index = keep.nonzero().squeeze(1)
+        return h[:, index], mask[:, :, index][:, :, :, index]
+
     def forward(
         self,
         x_t: torch.Tensor,
@@ -161,6 +177,7 @@ class Prior(nn.Module):
         )
         h = tokens + self.positional_embedding
         mask = self.attention_mask(text_mask)
+        h, mask = self._without_padding_columns(h, mask, text_mask)
         for block in self.transformer_blocks:
             if self.gradient_checkpointing and self.training:
                 h = checkpoint(block, h, mask, use_reentrant=False)
