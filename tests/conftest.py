@@ -58,3 +58,13 @@ def tiny_diffusers(
     """`kandinsky convert` output of the tiny original folder: three diffusers pipelines."""
     out = tmp_path_factory.mktemp("converted") / "kandinsky-2-1-tiny"
     return convert([tiny_original[0], tiny_clip_tokenizer], out, config=TINY)
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads_restored():
+    """Each test starts with the thread count the session started with (some tests set it)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
