@@ -77,19 +77,24 @@ def test_full_size_config_translates_to_released_diffusers_config():
     assert from_diffusers_config(released) == KANDINSKY_2_1.prior
 
 
+def diffusers_output(reference, x: dict[str, torch.Tensor]) -> torch.Tensor:
+    """`reference` (diffusers' PriorTransformer) on our `inputs()` arguments."""
+    return reference(
+        x["x_t"],
+        timestep=x["timesteps"],
+        proj_embedding=x["pooled_text"],
+        encoder_hidden_states=x["text_states"],
+        attention_mask=x["text_mask"],
+    ).predicted_image_embedding
+
+
 def test_tiny_prior_equals_diffusers_prior_transformer():
     reference = randomized_diffusers_prior()
     prior = Prior(TINY.prior).eval()
     prior.load_state_dict(reference.state_dict(), strict=True)
     x = inputs()
     with torch.no_grad():
-        expected = reference(
-            x["x_t"],
-            timestep=x["timesteps"],
-            proj_embedding=x["pooled_text"],
-            encoder_hidden_states=x["text_states"],
-            attention_mask=x["text_mask"],
-        ).predicted_image_embedding
+        expected = diffusers_output(reference, x)
         got = prior(**x)
     assert got.shape == (3, TINY.prior.clip_dim)
     assert (got - expected).abs().max().item() <= 1e-5
@@ -158,13 +163,7 @@ def test_positions_padded_in_every_row_are_skipped_with_the_same_result():
     reference = randomized_diffusers_prior()
     prior.load_state_dict(reference.state_dict(), strict=True)
     with torch.no_grad():
-        expected = reference(
-            short["x_t"],
-            timestep=short["timesteps"],
-            proj_embedding=short["pooled_text"],
-            encoder_hidden_states=short["text_states"],
-            attention_mask=short["text_mask"],
-        ).predicted_image_embedding
+        expected = diffusers_output(reference, short)
         assert (prior(**short) - expected).abs().max().item() <= 1e-5
 
 
