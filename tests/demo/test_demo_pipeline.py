@@ -89,6 +89,7 @@ def test_distillation_brings_languages_together(corpus, tokenizers):
 def test_quick_plan_end_to_end(tmp_path):
     from kandinsky.demo.train import stage_times, train_demo
     from kandinsky.pipeline import Kandinsky21
+    from kandinsky.training.checkpoint import read_state
 
     out = tmp_path / "run"
     model = train_demo(out, DemoPlan.quick(), threads=1, log=lambda _: None)
@@ -107,6 +108,11 @@ def test_quick_plan_end_to_end(tmp_path):
 
     # resuming skips finished stages
     train_demo(out, DemoPlan.quick(), threads=1, log=lambda _: None)
+    # a trainer stage run again counts the training its checkpoints hold from the first run
+    (out / "stages" / "decoder.json").unlink()
+    train_demo(out, DemoPlan.quick(), stages=("decoder",), threads=1, log=lambda _: None)
+    held = read_state(out / "runs" / "decoder" / "checkpoints" / "step-000006").seconds
+    assert 0 < held <= stage_times(out)["decoder"]
 
     for source in (model, weights):
         pipe = Kandinsky21.from_pretrained(source, inpainting=True)

@@ -8,11 +8,13 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
+from kandinsky.training.checkpoint import read_state
 from kandinsky.training.config import DataConfig, OptimConfig, TrainConfig
 from kandinsky.training.loop import EMA, train
 
@@ -165,6 +167,26 @@ def test_killed_run_resumes_exactly_with_every_knob_on(tmp_path: Path) -> None:
     resumed = train(_cfg(killed, resume="latest", **knobs), task, dataset=toy_data())
     assert resumed.losses == straight.losses[8:]
     _assert_same(_weights(tmp_path / "straight"), _weights(killed))  # the EMA weights
+
+
+class SlowToyTask(ToyTask):
+    def loss(self, batch, generator):
+        time.sleep(0.05)
+        return super().loss(batch, generator)
+
+
+def test_training_seconds_add_up_across_a_resume_without_the_redone_steps(tmp_path: Path) -> None:
+    """Killed after step 6 of 8 (checkpoint at 4): the resumed run counts the 4 checkpointed
+    steps of the first run, not steps 5–6 it redoes."""
+    knobs = dict(max_steps=8, checkpoint_every=4)
+    with pytest.raises(RuntimeError, match="killed"):
+        train(_cfg(tmp_path, **knobs), SlowToyTask(fail_at_call=7), dataset=toy_data())
+    first = read_state(tmp_path / "checkpoints" / "step-000004").seconds
+    assert first >= 4 * 0.05
+    resumed = train(_cfg(tmp_path, resume="latest", **knobs), SlowToyTask(), dataset=toy_data())
+    assert resumed.resumed_seconds == first
+    assert resumed.seconds >= first + 4 * 0.05
+    assert read_state(tmp_path / "checkpoints" / "step-000008").seconds <= resumed.seconds
 
 
 def test_failed_save_leaves_no_partial_checkpoint(

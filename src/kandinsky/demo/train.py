@@ -105,8 +105,10 @@ def train_demo(
             continue
         log(f"stage {name}: start")
         start = time.perf_counter()
+        ctx.resumed_seconds = 0.0
         info = runners[name](ctx) or {}
-        info["seconds"] = round(time.perf_counter() - start, 1)
+        # a resumed stage also cost the training its checkpoints hold from earlier runs
+        info["seconds"] = round(time.perf_counter() - start + ctx.resumed_seconds, 1)
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text(json.dumps(info, indent=1, ensure_ascii=False))
         log(f"stage {name}: finished in {info['seconds']:.0f} s")
@@ -135,6 +137,7 @@ class _Context:
             docs,
             log,
         )
+        self.resumed_seconds = 0.0  # training seconds a resumed trainer stage ran before
 
     @property
     def model(self) -> Path:
@@ -325,6 +328,7 @@ def _train_stage(ctx: _Context, task: str, stage: StagePlan, options: dict[str, 
         resume="latest",
     )
     result = train(cfg, make_task(task, cfg))
+    ctx.resumed_seconds += result.resumed_seconds
     ctx.log(f"{task}: {result.steps} steps, last loss {np.mean(result.losses[-20:] or [0]):.4f}")
     return Path(cfg.output_dir) / "final"
 

@@ -2,7 +2,7 @@
 
 A checkpoint is `output_dir/checkpoints/step-XXXXXX/`: accelerate's files (model, optimizer,
 scheduler, EMA, RNG states per process, grad scaler) plus `trainer_state.json` (step, each
-rank's data positions and skip report). It is written into `.tmp-step-XXXXXX/` and renamed
+rank's data positions and skip report, training seconds so far). It is written into `.tmp-step-XXXXXX/` and renamed
 only when complete, so a run killed while saving leaves no half checkpoint behind that
 `resume="latest"` could pick.
 """
@@ -30,6 +30,9 @@ class CheckpointState:
     ema: dict[str, Any] | None = (
         None  # decay and update count; the tensors are in accelerate's files
     )
+    # wall-clock seconds of training that led to this checkpoint, summed over resumed runs
+    # (time spent after the last checkpoint of a killed run is redone, so not counted)
+    seconds: float = 0.0
 
 
 def save_checkpoint(accelerator: Any, root: Path, state: CheckpointState) -> Path:
@@ -91,7 +94,12 @@ def find_checkpoint(output_dir: Path, resume: str) -> Path | None:
 
 def read_state(folder: Path) -> CheckpointState:
     data = json.loads((Path(folder) / STATE_FILE).read_text())
-    return CheckpointState(step=int(data["step"]), ranks=data.get("ranks", []), ema=data.get("ema"))
+    return CheckpointState(
+        step=int(data["step"]),
+        ranks=data.get("ranks", []),
+        ema=data.get("ema"),
+        seconds=float(data.get("seconds", 0.0)),
+    )
 
 
 def _write_json(path: Path, data: Any) -> None:

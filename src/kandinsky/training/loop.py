@@ -74,6 +74,9 @@ class TrainResult:
     losses: list[float] = field(default_factory=list)  # one per optimizer step of this run
     report: SkipReport = field(default_factory=SkipReport)
     output_dir: Path = Path(".")
+    # wall-clock seconds of training to reach `steps`; of those, in the earlier runs resumed
+    seconds: float = 0.0
+    resumed_seconds: float = 0.0
 
 
 class EMA:
@@ -203,7 +206,7 @@ def train(cfg: TrainConfig, task: Task, *, dataset: Any = None) -> TrainResult:
 
     stream = _as_stream(dataset, cfg, accelerator)
     report = SkipReport()
-    start_step, positions, batches = 0, {}, 0
+    start_step, positions, batches, seconds_before = 0, {}, 0, 0.0
     if checkpoint is not None and state is not None:
         accelerator.load_state(str(checkpoint))
         if ema is not None and registered_ema is None:
@@ -211,7 +214,7 @@ def train(cfg: TrainConfig, task: Task, *, dataset: Any = None) -> TrainResult:
             accelerator.register_for_checkpointing(ema)
         elif ema is not None:
             ema.decay = cfg.ema_decay  # a changed decay applies from here on
-        start_step = state.step
+        start_step, seconds_before = state.step, state.seconds
         rank_state = state.ranks[accelerator.process_index] if state.ranks else {}
         positions = {int(k): v for k, v in rank_state.get("positions", {}).items()}
         batches = int(rank_state.get("batches", 0))
@@ -245,6 +248,7 @@ def train(cfg: TrainConfig, task: Task, *, dataset: Any = None) -> TrainResult:
     interval_losses: list[float] = []
     interval_images, interval_start = 0, time.perf_counter()
     rank = accelerator.process_index
+    run_start = time.perf_counter()
     data = iter(loader)
     step = start_step
     module.train()
@@ -307,7 +311,10 @@ def train(cfg: TrainConfig, task: Task, *, dataset: Any = None) -> TrainResult:
             _sample(task, step, output_dir / "samples", accelerator, module, ema)
         if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
             data_state = {"positions": positions, "batches": batches}
-            _checkpoint(accelerator, output_dir, step, data_state, report, cfg, registered_ema)
+            seconds = seconds_before + time.perf_counter() - run_start
+            _checkpoint(
+                accelerator, output_dir, step, data_state, report, cfg, registered_ema, seconds
+            )
     progress.close()
 
     accelerator.wait_for_everyone()
@@ -321,7 +328,14 @@ def train(cfg: TrainConfig, task: Task, *, dataset: Any = None) -> TrainResult:
         print(f"[{task.name}] {total.summary()}", file=sys.stderr)
     accelerator.wait_for_everyone()
     accelerator.end_training()
-    return TrainResult(steps=step, losses=losses, report=total, output_dir=output_dir)
+    return TrainResult(
+        steps=step,
+        losses=losses,
+        report=total,
+        output_dir=output_dir,
+        seconds=seconds_before + time.perf_counter() - run_start,
+        resumed_seconds=seconds_before,
+    )
 
 
 def _prepare_adversary(cfg: TrainConfig, task: Task, accelerator: Any) -> tuple[Any, Any]:
@@ -393,6 +407,7 @@ def _checkpoint(
     report: SkipReport,
     cfg: TrainConfig,
     ema: EMA | None,
+    seconds: float,
 ) -> None:
     rank_state = {
         "positions": {str(k): v for k, v in data_state["positions"].items()},
@@ -405,6 +420,7 @@ def _checkpoint(
         step=step,
         ranks=ranks,
         ema={"decay": ema.decay, "num_updates": ema.num_updates} if ema is not None else None,
+        seconds=seconds,
     )
     save_checkpoint(accelerator, output_dir / "checkpoints", state)
 
