@@ -108,7 +108,7 @@ class DemoPlan:
     train_images: int = 20000
     heldout_images: int = 500
     vision_warm_start: StagePlan | None = StagePlan(2000, 128, 3e-4)  # encoders.pretrain_vision
-    clip: StagePlan = StagePlan(1500, 128, 3e-4)
+    clip: StagePlan = StagePlan(2500, 128, 3e-4)  # 1500 had not converged (run 10)
     clip_hard_negatives: float = 0.5  # batch share of layout variants (encoders.train_clip)
     clip_swap_share: float = 0.3  # of those variants, the share that swap two shapes' colours
     clip_kind_share: float = 0.8  # of the others, the share that change a kind, not a place
