@@ -2,9 +2,9 @@
 
 A checkpoint is `output_dir/checkpoints/step-XXXXXX/`: accelerate's files (model, optimizer,
 scheduler, EMA, RNG states per process, grad scaler) plus `trainer_state.json` (step, each
-rank's data positions and skip report, training seconds so far). It is written into `.tmp-step-XXXXXX/` and renamed
-only when complete, so a run killed while saving leaves no half checkpoint behind that
-`resume="latest"` could pick.
+rank's data positions and skip report, training seconds so far). It is written into
+`.tmp-step-XXXXXX/` and renamed only when complete, so a run killed while saving leaves no
+half checkpoint behind that `resume="latest"` could pick.
 """
 
 from __future__ import annotations
