@@ -74,10 +74,18 @@ def test_full_size_state_dict_matches_diffusers_manifest(variant: str):
 
 @pytest.mark.parametrize(
     ("which", "height", "width"),
-    [("unet", 16, 16), ("inpaint_unet", 16, 16), ("unet", 16, 24)],
+    [
+        ("unet", 16, 16),
+        ("inpaint_unet", 16, 16),
+        ("unet", 16, 24),
+        ("attention_at_level_0", 16, 16),
+    ],
 )
 def test_matches_diffusers_unet_numerically(which: str, height: int, width: int):
-    cfg = getattr(TINY, which)
+    # the released UNets attend at every level but the first; diffusers' block types allow it
+    # there too (a smaller model may want it at its finest level)
+    attention_at_level_0 = replace(TINY.unet, attention_levels=(0, 1))
+    cfg = attention_at_level_0 if which == "attention_at_level_0" else getattr(TINY, which)
     reference = randomized_diffusers_unet(cfg)
     model = UNet(cfg).eval()
     model.load_state_dict(reference.state_dict(), strict=True)
@@ -119,7 +127,14 @@ def test_config_round_trips_through_diffusers_config():
     )
     reference.pop("_diffusers_version")
     assert to_diffusers_config(KANDINSKY_2_1.unet) == reference
-    for cfg in (KANDINSKY_2_1.unet, KANDINSKY_2_1.inpaint_unet, TINY.unet, TINY.inpaint_unet):
+    attention_at_level_0 = replace(TINY.unet, attention_levels=(0, 1))
+    for cfg in (
+        KANDINSKY_2_1.unet,
+        KANDINSKY_2_1.inpaint_unet,
+        TINY.unet,
+        TINY.inpaint_unet,
+        attention_at_level_0,
+    ):
         assert from_diffusers_config(to_diffusers_config(cfg)) == cfg
 
 

@@ -74,8 +74,6 @@ def to_diffusers_config(cfg: UNetConfig) -> dict[str, Any]:
         raise ValueError(
             f"num_image_tokens={cfg.num_image_tokens}; diffusers supports {_NUM_IMAGE_TOKENS} only"
         )
-    if 0 in cfg.attention_levels:
-        raise ValueError("diffusers' Kandinsky UNet has no attention at level 0 (first block)")
     levels = range(len(cfg.channel_mult))
     down = [_DOWN_ATTN if i in cfg.attention_levels else _DOWN_RES for i in levels]
     up = [_UP_ATTN if i in cfg.attention_levels else _UP_RES for i in reversed(levels)]
@@ -146,9 +144,9 @@ def from_diffusers_config(d: dict[str, Any]) -> UNetConfig:
         raise LayoutError(
             f"UNet config has {len(widths)} widths, {len(down)} down and {len(up)} up blocks"
         )
-    if down[0] != _DOWN_RES or any(t not in (_DOWN_RES, _DOWN_ATTN) for t in down):
+    if any(t not in (_DOWN_RES, _DOWN_ATTN) for t in down):
         raise LayoutError(
-            f"UNet config has down_block_types={down}; we build {_DOWN_RES!r} then {_DOWN_ATTN!r}"
+            f"UNet config has down_block_types={down}; we build {_DOWN_RES!r} and {_DOWN_ATTN!r}"
         )
     mirrored = [_UP_ATTN if t == _DOWN_ATTN else _UP_RES for t in reversed(down)]
     if up != mirrored:
