@@ -16,7 +16,7 @@ import torch
 
 from kandinsky.training.checkpoint import read_state
 from kandinsky.training.config import DataConfig, OptimConfig, TrainConfig
-from kandinsky.training.loop import EMA, train
+from kandinsky.training.loop import EMA, make_optimizer, train
 
 TOY = '''
 import torch
@@ -249,6 +249,31 @@ def test_ema_averages_and_is_exported(tmp_path: Path) -> None:
     raw = task.model.state_dict()
     exported = _weights(tmp_path)
     assert not torch.equal(raw["0.weight"], exported["0.weight"])
+
+
+def test_adamw_runs_fused_on_cpu_with_the_per_tensor_update(tmp_path: Path) -> None:
+    def net() -> torch.nn.Module:
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Linear(16, 3))
+
+    ours, reference = net(), net()
+    cfg = _cfg(tmp_path, optim=OptimConfig(name="adamw", lr=1e-2, weight_decay=0.01))
+    optimizer = make_optimizer(cfg, list(ours.parameters()))
+    assert optimizer.defaults["fused"]
+    per_tensor = torch.optim.AdamW(
+        reference.parameters(), lr=1e-2, weight_decay=0.01, foreach=False
+    )
+    x = torch.randn(4, 8)
+    for _ in range(3):
+        for model, opt in ((ours, optimizer), (reference, per_tensor)):
+            opt.zero_grad()
+            model(x).pow(2).mean().backward()
+            opt.step()
+    for a, b, start in zip(
+        ours.parameters(), reference.parameters(), net().parameters(), strict=True
+    ):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+        assert (a - start).abs().max() > 1e-3  # three real steps were taken
 
 
 def test_bad_data_folder_trains_and_reports_the_skips(tmp_path: Path) -> None:
