@@ -201,6 +201,8 @@ def train(cfg: TrainConfig, task: Task, *, dataset: Any = None) -> TrainResult:
     module = task.trainable()
     if cfg.gradient_checkpointing:
         _enable_gradient_checkpointing(module)
+    if cfg.channels_last:  # only 4-D (conv) weights change order; checkpoints stay NCHW
+        module.to(memory_format=torch.channels_last)
     params = [p for p in module.parameters() if p.requires_grad]
     if not params:
         raise InvalidInput(f"task {task.name!r} has no trainable parameters (all frozen)")
