@@ -16,6 +16,9 @@ from kandinsky.errors import InvalidInput, LayoutError
 from kandinsky.models.unet import UNet
 
 REFERENCE = Path("reference/checkpoints/diffusers")
+# the released UNets attend at every level but the first; diffusers' block types allow it there
+# too (a smaller model may want it at its finest level)
+ATTENTION_AT_LEVEL_0 = replace(TINY.unet, attention_levels=(0, 1))
 
 
 def shared_dir() -> Path:
@@ -82,10 +85,7 @@ def test_full_size_state_dict_matches_diffusers_manifest(variant: str):
     ],
 )
 def test_matches_diffusers_unet_numerically(which: str, height: int, width: int):
-    # the released UNets attend at every level but the first; diffusers' block types allow it
-    # there too (a smaller model may want it at its finest level)
-    attention_at_level_0 = replace(TINY.unet, attention_levels=(0, 1))
-    cfg = attention_at_level_0 if which == "attention_at_level_0" else getattr(TINY, which)
+    cfg = ATTENTION_AT_LEVEL_0 if which == "attention_at_level_0" else getattr(TINY, which)
     reference = randomized_diffusers_unet(cfg)
     model = UNet(cfg).eval()
     model.load_state_dict(reference.state_dict(), strict=True)
@@ -127,13 +127,12 @@ def test_config_round_trips_through_diffusers_config():
     )
     reference.pop("_diffusers_version")
     assert to_diffusers_config(KANDINSKY_2_1.unet) == reference
-    attention_at_level_0 = replace(TINY.unet, attention_levels=(0, 1))
     for cfg in (
         KANDINSKY_2_1.unet,
         KANDINSKY_2_1.inpaint_unet,
         TINY.unet,
         TINY.inpaint_unet,
-        attention_at_level_0,
+        ATTENTION_AT_LEVEL_0,
     ):
         assert from_diffusers_config(to_diffusers_config(cfg)) == cfg
 
