@@ -32,6 +32,8 @@ from kandinsky.training.losses import (
     discretized_gaussian_nll,
     min_snr_weights,
     movq_loss,
+    pixel_loss,
+    predicted_x0,
     prior_loss,
     vb_term,
 )
@@ -392,6 +394,8 @@ def test_task_options_are_checked():
         TaskOptions.from_dict({"drop_image_prob": 1.5})
     with pytest.raises(InvalidInput, match="snr_gamma must be > 0"):
         TaskOptions.from_dict({"snr_gamma": 0})
+    with pytest.raises(InvalidInput, match="pixel_weight must be ≥ 0"):
+        TaskOptions.from_dict({"pixel_weight": -1.0})
     with pytest.raises(InvalidInput, match="unknown"):
         make_task("vae", types.SimpleNamespace(task_options={}))
 
@@ -515,6 +519,56 @@ def test_decoder_task_trains_with_min_snr_weighting(tiny_model, tmp_path):
     assert task.options.snr_gamma == 5.0
     losses = overfit(task, batch(), steps=20, lr=1e-3)
     assert fell_by(losses) >= 2.0, losses
+
+
+def test_predicted_x0_undoes_the_forward_diffusion():
+    schedule = decoder_schedule()
+    x0, noise = torch.randn(3, 4, 8, 8), torch.randn(3, 4, 8, 8)
+    t = torch.tensor([0, 250, 999])
+    x_t = diffuse(x0, t, noise, schedule)
+    torch.testing.assert_close(predicted_x0(noise, x_t, t, schedule), x0, atol=2e-4, rtol=1e-4)
+
+
+def test_pixel_loss_decodes_only_low_noise_samples_up_to_the_cap():
+    schedule = decoder_schedule()
+    x0, noise = torch.randn(4, 4, 8, 8), torch.randn(4, 4, 8, 8)
+    t = torch.tensor([10, 900, 100, 200])
+    x_t = diffuse(x0, t, noise, schedule)
+    decoded_rows = []
+
+    def decode(latents: torch.Tensor) -> torch.Tensor:  # a stand-in "image decoder": 2× upsample
+        decoded_rows.append(latents.shape[0])
+        return torch.nn.functional.interpolate(latents[:, :3], scale_factor=2)
+
+    target = torch.nn.functional.interpolate(x0[:, :3], scale_factor=2)
+    out = torch.cat([noise, torch.randn(4, 4, 8, 8)], dim=1).requires_grad_(True)
+    exact = pixel_loss(decode, out, x_t, t, target, schedule, max_t=250, max_samples=2)
+    assert decoded_rows == [2] and exact.item() == pytest.approx(0.0, abs=1e-8)
+
+    wrong = out.detach().clone()
+    wrong[:, :4] += 0.5  # every eps off by 0.5
+    wrong.requires_grad_(True)
+    loss = pixel_loss(decode, wrong, x_t, t, target, schedule, max_t=250, max_samples=2)
+    loss.backward()
+    assert loss.item() > 0
+    assert wrong.grad[[0, 2], :3].abs().sum() > 0  # the first two rows below max_t
+    assert wrong.grad[[1, 3]].abs().sum() == 0 and wrong.grad[:, 4:].abs().sum() == 0
+
+    none = pixel_loss(decode, wrong, x_t, t, target, schedule, max_t=5, max_samples=2)
+    assert none.item() == 0.0 and none.requires_grad
+
+
+def test_decoder_task_adds_the_pixel_loss_through_the_image_decoder(tiny_model, tmp_path):
+    options = {"pixel_weight": 1.0, "pixel_max_t": 1000, "pixel_samples": 2}
+    cfg = config("decoder", tiny_model, tmp_path, task_options=options)
+    task = make_task("decoder", cfg)
+    task.setup(cfg, CPU)
+    movq_before = {k: v.clone() for k, v in task.parts.movq.state_dict().items()}
+    losses = overfit(task, batch(), steps=20, lr=1e-3)
+    _, logs = task.loss(batch(), torch.Generator().manual_seed(1))
+    assert logs["pixel"] > 0 and fell_by(losses) >= 2.0, losses
+    for key, value in task.parts.movq.state_dict().items():  # the image decoder stays frozen
+        torch.testing.assert_close(value, movq_before[key])
 
 
 def test_prior_and_movq_losses():

@@ -123,6 +123,12 @@ class DemoPlan:
     # the gates repaint a shape's cell (a box) and extend half an image (a deep band)
     inpaint_masks: tuple[tuple[str, float], ...] = (("box", 0.4), ("band", 0.3), ("any", 0.3))
     decoder_snr_gamma: float | None = 5.0  # Min-SNR-γ weighting for decoder and inpaint
+    # a second decoder phase that adds the decoded-x0 pixel MSE (training.losses.pixel_loss)
+    # on samples with t < decoder_pixel_max_t: the latent MSE alone never taught the star's
+    # points (a star is a diamond but for a few hundredths of the latent's norm)
+    decoder_pixel: StagePlan | None = StagePlan(3000, 32, 2e-4)
+    decoder_pixel_weight: float = 3.0
+    decoder_pixel_max_t: int = 500
     judge_steps: int = 2000
     judge_pool: int = 12000
     checkpoint_every: int = 500
@@ -149,6 +155,7 @@ class DemoPlan:
             movq=StagePlan(6, 8, 1e-3),
             prior=StagePlan(6, 8, 5e-4),
             decoder=StagePlan(6, 8, 5e-4, ema_decay=0.9),  # the EMA export path, too
+            decoder_pixel=StagePlan(4, 8, 5e-4),
             inpaint=StagePlan(6, 8, 5e-4),
             judge_steps=20,
             judge_pool=256,

@@ -294,8 +294,11 @@ def write_untrained_model(
     shutil.copytree(ctx.model, ctx.out / "untrained", dirs_exist_ok=True)
 
 
-def _train_stage(ctx: _Context, task: str, stage: StagePlan, options: dict[str, Any]) -> Path:
-    """Run one `kandinsky.training` task on the train folder with `model/` as its source."""
+def _train_stage(
+    ctx: _Context, task: str, stage: StagePlan, options: dict[str, Any], run: str | None = None
+) -> Path:
+    """Run one `kandinsky.training` task on the train folder with `model/` as its source, in
+    `runs/<run or task>`."""
     from kandinsky.training.config import DataConfig, OptimConfig, TrainConfig
     from kandinsky.training.loop import train
     from kandinsky.training.tasks import make_task
@@ -304,7 +307,7 @@ def _train_stage(ctx: _Context, task: str, stage: StagePlan, options: dict[str, 
     cfg = TrainConfig(
         task=task,
         model=str(ctx.model),
-        output_dir=str(ctx.out / "runs" / task),
+        output_dir=str(ctx.out / "runs" / (run or task)),
         # the frozen networks' outputs, computed in the first epoch (MoVQ latents, CLIP and
         # text encodings: most of a decoder step on a CPU), are read back afterwards
         data=DataConfig(
@@ -440,10 +443,20 @@ def _stage_prior(ctx: _Context) -> dict:
 
 
 def _stage_decoder(ctx: _Context) -> dict:
-    options = {"freeze_resblocks": False, "snr_gamma": ctx.plan.decoder_snr_gamma}
-    final = _train_stage(ctx, "decoder", ctx.plan.decoder, options)
+    p = ctx.plan
+    options = {"freeze_resblocks": False, "snr_gamma": p.decoder_snr_gamma}
+    final = _train_stage(ctx, "decoder", p.decoder, options)
     _replace_component(ctx.model, final, "unet")
-    return {}
+    if p.decoder_pixel is None:
+        return {}
+    pixel = {
+        **options,
+        "pixel_weight": p.decoder_pixel_weight,
+        "pixel_max_t": p.decoder_pixel_max_t,
+    }
+    final = _train_stage(ctx, "decoder", p.decoder_pixel, pixel, run="decoder_pixel")
+    _replace_component(ctx.model, final, "unet")
+    return {"pixel_phase_steps": p.decoder_pixel.steps}
 
 
 def _stage_inpaint(ctx: _Context) -> dict:
@@ -734,7 +747,8 @@ def write_report(out: Path, docs: Path, pipe: Any, table: list, plan: DemoPlan) 
         "mclip": (out / "encoders" / "mclip_losses.csv", "tiny M-CLIP: distillation MSE"),
         **{
             task: (out / "runs" / task / "log.csv", f"{task}: training loss")
-            for task in ("movq", "prior", "decoder", "inpaint")
+            for task in ("movq", "prior", "decoder", "decoder_pixel", "inpaint")
+            if task != "decoder_pixel" or plan.decoder_pixel is not None
         },
     }
     for name, (path, title) in curves.items():

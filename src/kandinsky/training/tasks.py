@@ -51,6 +51,7 @@ from kandinsky.training.losses import (
     diffuse,
     discriminator_hinge_loss,
     movq_loss,
+    pixel_loss,
     prior_loss,
 )
 from kandinsky.training.masks import MaskKind, check_mask_kind, random_mask
@@ -71,6 +72,9 @@ class TaskOptions:
     freeze_resblocks: bool = True  # decoder: ResBlock norm/conv/emb weights frozen
     freeze_attention: bool = False  # decoder: attention q/k/v/out frozen
     snr_gamma: float | None = None  # decoder/inpaint: Min-SNR-γ mse weighting (None = original)
+    pixel_weight: float = 0.0  # decoder/inpaint: weight of losses.pixel_loss (0 = the original)
+    pixel_max_t: int = 250  # decoder/inpaint: pixel loss only on samples with t below this
+    pixel_samples: int = 8  # decoder/inpaint: at most this many samples per batch decoded
     mask_kind: MaskKind = "any"  # inpaint: a training.masks kind, or a table kind → weight
     init_from_unet: bool = (
         False  # inpaint: start from the text2img UNet (extra input channels zero)
@@ -114,6 +118,10 @@ class TaskOptions:
                 raise InvalidInput(f"task option {name} must be between 0 and 1, got {value}")
         if options.snr_gamma is not None and options.snr_gamma <= 0:
             raise InvalidInput(f"task option snr_gamma must be > 0, got {options.snr_gamma}")
+        if options.pixel_weight < 0 or options.pixel_max_t < 1 or options.pixel_samples < 1:
+            raise InvalidInput(
+                "task options pixel_weight must be ≥ 0, pixel_max_t and pixel_samples ≥ 1"
+            )
         try:
             check_mask_kind(options.mask_kind)
         except InvalidInput as error:
@@ -574,7 +582,16 @@ class DecoderTask(_Task):
             text["states"].float(),
             text["pooled"].float(),
         )
-        return decoder_loss(out, x_t, x0, noise, t, self.schedule, self.options.snr_gamma)
+        loss, logs = decoder_loss(out, x_t, x0, noise, t, self.schedule, self.options.snr_gamma)
+        o = self.options
+        if o.pixel_weight > 0:
+            movq = self.parts.movq
+            pixels = pixel_loss(
+                movq.decode, out, x_t, t, images, self.schedule, o.pixel_max_t, o.pixel_samples
+            )
+            loss = loss + o.pixel_weight * pixels
+            logs["pixel"] = float(pixels.detach())
+        return loss, logs
 
     def sample(self, step: int, folder: Path) -> list[Path]:
         return self._sample_text2img(step, folder, guidance="guidance_scale")
