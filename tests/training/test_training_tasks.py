@@ -571,6 +571,19 @@ def test_decoder_task_adds_the_pixel_loss_through_the_image_decoder(tiny_model, 
         torch.testing.assert_close(value, movq_before[key])
 
 
+def test_pixel_loss_decodes_through_a_movq_frozen_in_bf16(tiny_model, tmp_path):
+    options = {"pixel_weight": 1.0, "pixel_max_t": 1000, "pixel_samples": 2}
+    cfg = config("decoder", tiny_model, tmp_path, task_options=options, mixed_precision="bf16")
+    task = make_task("decoder", cfg)
+    task.setup(cfg, CPU)
+    assert next(task.parts.movq.parameters()).dtype == torch.bfloat16
+    loss, logs = task.loss(batch(), torch.Generator().manual_seed(1))
+    loss.backward()
+    assert math.isfinite(logs["pixel"]) and logs["pixel"] > 0
+    grads = [p.grad for p in task.trainable().parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+
+
 def test_prior_and_movq_losses():
     a, b = torch.randn(3, 32), torch.randn(3, 32)
     assert prior_loss(a, b).item() == pytest.approx(((a - b) ** 2).mean().item())
