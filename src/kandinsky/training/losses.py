@@ -110,6 +110,21 @@ def learned_range_log_variance(
     return frac * _take(tables["log_beta"], t, v) + (1 - frac) * _take(tables["log_variance"], t, v)
 
 
+def predicted_x0(
+    eps: torch.Tensor,
+    x_t: torch.Tensor,
+    t: torch.Tensor,
+    schedule: Schedule,
+    tables: dict[str, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """x0 = (x_t − √(1 − ᾱ_t) · eps) / √ᾱ_t, the clean latent an eps prediction implies."""
+    tables = tables or _posterior_tables(schedule)
+    return (
+        _take(tables["recip_sqrt_alpha_bar"], t, x_t) * x_t
+        - _take(tables["sqrt_recip_m1_alpha_bar"], t, x_t) * eps
+    )
+
+
 def vb_term(
     eps: torch.Tensor,
     v: torch.Tensor,
@@ -125,10 +140,7 @@ def vb_term(
     this term only trains the variance. No clipping of the x0 estimate (clip_denoised=False).
     """
     tables = _posterior_tables(schedule)
-    pred_x0 = (
-        _take(tables["recip_sqrt_alpha_bar"], t, x_t) * x_t
-        - _take(tables["sqrt_recip_m1_alpha_bar"], t, x_t) * eps
-    )
+    pred_x0 = predicted_x0(eps, x_t, t, schedule, tables)
     coef_x0, coef_xt = _take(tables["mean_x0"], t, x_t), _take(tables["mean_xt"], t, x_t)
     model_mean = coef_x0 * pred_x0 + coef_xt * x_t
     model_log_var = learned_range_log_variance(v, t, schedule, tables)
@@ -172,17 +184,6 @@ def decoder_loss(
     weight = 1.0 if snr_gamma is None else min_snr_weights(t, schedule, snr_gamma).to(mse)
     loss = (weight * mse + vb).mean()
     return loss, {"mse": float(mse.detach().mean()), "vb": float(vb.detach().mean())}
-
-
-def predicted_x0(
-    eps: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, schedule: Schedule
-) -> torch.Tensor:
-    """x0 = (x_t − √(1 − ᾱ_t) · eps) / √ᾱ_t, the clean latent an eps prediction implies."""
-    tables = _posterior_tables(schedule)
-    return (
-        _take(tables["recip_sqrt_alpha_bar"], t, x_t) * x_t
-        - _take(tables["sqrt_recip_m1_alpha_bar"], t, x_t) * eps
-    )
 
 
 def pixel_loss(
