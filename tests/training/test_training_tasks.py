@@ -396,6 +396,10 @@ def test_task_options_are_checked():
         TaskOptions.from_dict({"snr_gamma": 0})
     with pytest.raises(InvalidInput, match="pixel_weight must be ≥ 0"):
         TaskOptions.from_dict({"pixel_weight": -1.0})
+    with pytest.raises(InvalidInput, match="clip_weight must be ≥ 0"):
+        TaskOptions.from_dict({"clip_weight": -1.0, "pixel_weight": 1.0})
+    with pytest.raises(InvalidInput, match="set pixel_weight > 0 too"):
+        TaskOptions.from_dict({"clip_weight": 0.3})
     with pytest.raises(InvalidInput, match="unknown"):
         make_task("vae", types.SimpleNamespace(task_options={}))
 
@@ -569,6 +573,47 @@ def test_decoder_task_adds_the_pixel_loss_through_the_image_decoder(tiny_model, 
     assert logs["pixel"] > 0 and fell_by(losses) >= 2.0, losses
     for key, value in task.parts.movq.state_dict().items():  # the image decoder stays frozen
         torch.testing.assert_close(value, movq_before[key])
+
+
+def test_pixel_loss_adds_the_embedding_cosine_of_decoded_and_real_images():
+    schedule = decoder_schedule()
+    x0, noise = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
+    t = torch.tensor([10, 100])
+    x_t = diffuse(x0, t, noise, schedule)
+
+    def decode(latents: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.interpolate(latents[:, :3], scale_factor=2)
+
+    def embed(images: torch.Tensor) -> torch.Tensor:  # a stand-in "image tower"
+        return images.flatten(2).mean(-1) + torch.tensor([0.1, 0.2, 0.3])
+
+    target = decode(x0).clamp(-1, 1)
+    exact = torch.cat([noise, torch.zeros(2, 4, 8, 8)], dim=1)
+    args = (x_t, t, target, schedule, 250, 2)
+    mse_only = pixel_loss(decode, exact, *args)
+    with_embed = pixel_loss(decode, exact, *args, embed=embed, embed_weight=0.5)
+    assert with_embed.item() == pytest.approx(mse_only.item(), abs=1e-4)  # clamp-free: cosine 1
+
+    wrong = exact.clone()
+    wrong[:, :3] += 0.7
+    wrong.requires_grad_(True)
+    plain = pixel_loss(decode, wrong, *args)
+    both = pixel_loss(decode, wrong, *args, embed=embed, embed_weight=0.5)
+    both.backward()
+    assert both.item() > plain.item() and wrong.grad[:, :3].abs().sum() > 0
+
+
+def test_decoder_task_trains_with_the_clip_term_and_keeps_clip_frozen(tiny_model, tmp_path):
+    options = {"pixel_weight": 1.0, "pixel_max_t": 1000, "pixel_samples": 2, "clip_weight": 0.5}
+    cfg = config("decoder", tiny_model, tmp_path, task_options=options)
+    task = make_task("decoder", cfg)
+    task.setup(cfg, CPU)
+    vision_before = {k: v.clone() for k, v in task.parts.clip_vision.state_dict().items()}
+    losses = overfit(task, batch(), steps=20, lr=1e-3)
+    _, logs = task.loss(batch(), torch.Generator().manual_seed(1))
+    assert logs["pixel"] > 0 and fell_by(losses) >= 2.0, losses
+    for key, value in task.parts.clip_vision.state_dict().items():
+        torch.testing.assert_close(value, vision_before[key])
 
 
 def test_pixel_loss_decodes_through_a_movq_frozen_in_bf16(tiny_model, tmp_path):

@@ -195,6 +195,8 @@ def pixel_loss(
     schedule: Schedule,
     max_t: int,
     max_samples: int,
+    embed: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    embed_weight: float = 0.0,
 ) -> torch.Tensor:
     """MSE between `images` and the decoded x0 that the eps prediction implies, in pixels.
 
@@ -203,6 +205,11 @@ def pixel_loss(
     MSE weighs every latent value alike, while the image decoder is far more sensitive to
     some: a star differs from a diamond by a few hundredths of the latent's norm, which the
     decoder turns into five points. Zero (with a graph) when no sample qualifies.
+
+    `embed` (images in [−1, 1] → embeddings, e.g. the frozen CLIP image tower) and
+    `embed_weight` > 0 add `embed_weight` · (1 − cosine) between the embeddings of the decoded
+    x0 (clamped to [−1, 1]) and of the image: squared error weighs a star's points by their
+    few pixels, the embedding by what kind of shape they make.
     """
     rows = torch.nonzero(t < max_t).flatten()[:max_samples].to(unet_out.device)
     if rows.numel() == 0:
@@ -211,7 +218,14 @@ def pixel_loss(
     eps = unet_out[rows, :channels].float()
     x0 = predicted_x0(eps, x_t[rows].float(), t[rows.cpu()], schedule)
     decoded = decode(x0).float()
-    return F.mse_loss(decoded, images[rows].to(decoded))
+    target = images[rows].to(decoded)
+    loss = F.mse_loss(decoded, target)
+    if embed is not None and embed_weight > 0:
+        with torch.no_grad():
+            wanted = embed(target).float()
+        got = embed(decoded.clamp(-1, 1)).float()
+        loss = loss + embed_weight * (1 - F.cosine_similarity(got, wanted, dim=-1)).mean()
+    return loss
 
 
 def min_snr_weights(t: torch.Tensor, schedule: Schedule, gamma: float) -> torch.Tensor:

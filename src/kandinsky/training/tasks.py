@@ -75,6 +75,9 @@ class TaskOptions:
     pixel_weight: float = 0.0  # decoder/inpaint: weight of losses.pixel_loss (0 = the original)
     pixel_max_t: int = 250  # decoder/inpaint: pixel loss only on samples with t below this
     pixel_samples: int = 8  # decoder/inpaint: at most this many samples per batch decoded
+    # decoder/inpaint: inside the pixel loss, + clip_weight · (1 − cosine) between the frozen
+    # CLIP image embeddings of the decoded x0 and of the image (weighs kind, not pixels)
+    clip_weight: float = 0.0
     mask_kind: MaskKind = "any"  # inpaint: a training.masks kind, or a table kind → weight
     init_from_unet: bool = (
         False  # inpaint: start from the text2img UNet (extra input channels zero)
@@ -118,6 +121,12 @@ class TaskOptions:
                 raise InvalidInput(f"task option {name} must be between 0 and 1, got {value}")
         if options.snr_gamma is not None and options.snr_gamma <= 0:
             raise InvalidInput(f"task option snr_gamma must be > 0, got {options.snr_gamma}")
+        if options.clip_weight < 0:
+            raise InvalidInput(f"task option clip_weight must be ≥ 0, got {options.clip_weight}")
+        if options.clip_weight > 0 and options.pixel_weight == 0:
+            raise InvalidInput(
+                "task option clip_weight is a term of the pixel loss: set pixel_weight > 0 too"
+            )
         if options.pixel_weight < 0 or options.pixel_max_t < 1 or options.pixel_samples < 1:
             raise InvalidInput(
                 "task options pixel_weight must be ≥ 0, pixel_max_t and pixel_samples ≥ 1"
@@ -413,6 +422,12 @@ class _Task:
             embeds[drop.to(embeds.device)] = self._zero_embeds.to(embeds.device)
         return embeds
 
+    def _embed_pixels(self, images: torch.Tensor) -> torch.Tensor:
+        """Raw CLIP image embeddings of images in [−1, 1], differentiable w.r.t. the images."""
+        clip = self.parts.config.clip
+        pixels = clip_pixels(images, clip.vision.image_size, clip.image_mean, clip.image_std)
+        return encode_image(self.parts.clip_vision, pixels.to(self.device)).float()
+
     def _text(
         self, network: str, encode: Callable[[Components, list[str]], Any], captions: list[str]
     ) -> dict[str, torch.Tensor]:
@@ -587,7 +602,16 @@ class DecoderTask(_Task):
         if o.pixel_weight > 0:
             movq = self.parts.movq
             pixels = pixel_loss(
-                movq.decode, out, x_t, t, images, self.schedule, o.pixel_max_t, o.pixel_samples
+                movq.decode,
+                out,
+                x_t,
+                t,
+                images,
+                self.schedule,
+                o.pixel_max_t,
+                o.pixel_samples,
+                embed=self._embed_pixels if o.clip_weight > 0 else None,
+                embed_weight=o.clip_weight,
             )
             loss = loss + o.pixel_weight * pixels
             logs["pixel"] = float(pixels.detach())
