@@ -562,17 +562,25 @@ def test_pixel_loss_decodes_only_low_noise_samples_up_to_the_cap():
     assert none.item() == 0.0 and none.requires_grad
 
 
-def test_decoder_task_adds_the_pixel_loss_through_the_image_decoder(tiny_model, tmp_path):
+@pytest.mark.parametrize("clip_weight", [0.0, 0.5])
+def test_decoder_task_adds_the_pixel_loss_through_the_image_decoder(
+    tiny_model, tmp_path, clip_weight
+):
     options = {"pixel_weight": 1.0, "pixel_max_t": 1000, "pixel_samples": 2}
+    options["clip_weight"] = clip_weight  # 0.5: with the CLIP-embedding term inside it
     cfg = config("decoder", tiny_model, tmp_path, task_options=options)
     task = make_task("decoder", cfg)
     task.setup(cfg, CPU)
-    movq_before = {k: v.clone() for k, v in task.parts.movq.state_dict().items()}
+    frozen = {name: getattr(task.parts, name) for name in ("movq", "clip_vision")}
+    before = {
+        name: {k: v.clone() for k, v in net.state_dict().items()} for name, net in frozen.items()
+    }
     losses = overfit(task, batch(), steps=20, lr=1e-3)
     _, logs = task.loss(batch(), torch.Generator().manual_seed(1))
     assert logs["pixel"] > 0 and fell_by(losses) >= 2.0, losses
-    for key, value in task.parts.movq.state_dict().items():  # the image decoder stays frozen
-        torch.testing.assert_close(value, movq_before[key])
+    for name, net in frozen.items():  # the image decoder and the CLIP tower stay frozen
+        for key, value in net.state_dict().items():
+            torch.testing.assert_close(value, before[name][key])
 
 
 def test_pixel_loss_adds_the_embedding_cosine_of_decoded_and_real_images():
@@ -601,19 +609,6 @@ def test_pixel_loss_adds_the_embedding_cosine_of_decoded_and_real_images():
     both = pixel_loss(decode, wrong, *args, embed=embed, embed_weight=0.5)
     both.backward()
     assert both.item() > plain.item() and wrong.grad[:, :3].abs().sum() > 0
-
-
-def test_decoder_task_trains_with_the_clip_term_and_keeps_clip_frozen(tiny_model, tmp_path):
-    options = {"pixel_weight": 1.0, "pixel_max_t": 1000, "pixel_samples": 2, "clip_weight": 0.5}
-    cfg = config("decoder", tiny_model, tmp_path, task_options=options)
-    task = make_task("decoder", cfg)
-    task.setup(cfg, CPU)
-    vision_before = {k: v.clone() for k, v in task.parts.clip_vision.state_dict().items()}
-    losses = overfit(task, batch(), steps=20, lr=1e-3)
-    _, logs = task.loss(batch(), torch.Generator().manual_seed(1))
-    assert logs["pixel"] > 0 and fell_by(losses) >= 2.0, losses
-    for key, value in task.parts.clip_vision.state_dict().items():
-        torch.testing.assert_close(value, vision_before[key])
 
 
 def test_pixel_loss_decodes_through_a_movq_frozen_in_bf16(tiny_model, tmp_path):

@@ -405,13 +405,9 @@ class _Task:
         self, images: torch.Tensor, batch: dict, drop: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Raw CLIP image embeddings; rows in `drop` get the zero-image embedding."""
-        clip = self.parts.config.clip
 
         def compute(rows: list[int]) -> dict[str, torch.Tensor]:
-            pixels = clip_pixels(
-                images[rows], clip.vision.image_size, clip.image_mean, clip.image_std
-            )
-            return {"embeds": encode_image(self.parts.clip_vision, pixels.to(self.device))}
+            return {"embeds": self._embed_pixels(images[rows])}
 
         vision = self.parts.clip_vision
         embeds = self.frozen.image(vision, "embeds", batch, compute, len(images))["embeds"].float()
@@ -426,7 +422,7 @@ class _Task:
         """Raw CLIP image embeddings of images in [−1, 1], differentiable w.r.t. the images."""
         clip = self.parts.config.clip
         pixels = clip_pixels(images, clip.vision.image_size, clip.image_mean, clip.image_std)
-        return encode_image(self.parts.clip_vision, pixels.to(self.device)).float()
+        return encode_image(self.parts.clip_vision, pixels.to(self.device))
 
     def _text(
         self, network: str, encode: Callable[[Components, list[str]], Any], captions: list[str]
@@ -610,7 +606,7 @@ class DecoderTask(_Task):
                 self.schedule,
                 o.pixel_max_t,
                 o.pixel_samples,
-                embed=self._embed_pixels if o.clip_weight > 0 else None,
+                embed=self._embed_pixels,
                 embed_weight=o.clip_weight,
             )
             loss = loss + o.pixel_weight * pixels
