@@ -105,7 +105,8 @@ def test_quick_plan_end_to_end(tmp_path):
     assert "| text2img EN 1-object adherence |" in report.read_text(encoding="utf-8")
     for name in ("clip", "mclip", "movq", "prior", "decoder", "decoder_pixel", "inpaint"):
         assert (out / "docs" / f"loss_{name}.png").is_file()
-    assert json.loads((out / "stages" / "decoder.json").read_text())["pixel_phase_steps"] == 4
+    decoder = json.loads((out / "stages" / "decoder.json").read_text())
+    assert (decoder["pixel_phase_steps"], decoder["pixel_clip_weight"]) == (4, 0.3)
 
     # resuming skips finished stages
     train_demo(out, DemoPlan.quick(), threads=1, log=lambda _: None)

@@ -453,10 +453,14 @@ def _stage_decoder(ctx: _Context) -> dict:
         **options,
         "pixel_weight": p.decoder_pixel_weight,
         "pixel_max_t": p.decoder_pixel_max_t,
+        "clip_weight": p.decoder_pixel_clip_weight,
     }
     final = _train_stage(ctx, "decoder", p.decoder_pixel, pixel, run="decoder_pixel")
     _replace_component(ctx.model, final, "unet")
-    return {"pixel_phase_steps": p.decoder_pixel.steps}
+    return {
+        "pixel_phase_steps": p.decoder_pixel.steps,
+        "pixel_clip_weight": p.decoder_pixel_clip_weight,
+    }
 
 
 def _stage_inpaint(ctx: _Context) -> dict:
