@@ -12,7 +12,7 @@ import torch
 from kandinsky import engine
 from kandinsky.models.movq import MoVQ
 from kandinsky.testing import write_tiny_model
-from kandinsky.training import tasks as tasks_module
+from kandinsky.training import losses as losses_module
 from kandinsky.training.config import DataConfig, TrainConfig
 from kandinsky.training.frozen import weights_digest
 from kandinsky.training.tasks import make_task
@@ -67,7 +67,7 @@ def test_cached_outputs_give_the_same_loss_without_running_the_frozen_networks(
         (engine, "encode_decoder_text"),
         (engine, "encode_prior_text"),
         (MoVQ, "encode"),
-        (tasks_module, "encode_image"),
+        (losses_module, "encode_image"),
     ]:
         monkeypatch.setattr(owner, attribute, refuse)
     assert torch.equal(filling, uncached)

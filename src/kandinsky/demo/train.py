@@ -420,18 +420,14 @@ def normalize_latent_scale(movq: torch.nn.Module, images: torch.Tensor) -> float
 def _stage_prior(ctx: _Context) -> dict:
     from kandinsky.conversion import save_network
     from kandinsky.loading import load
-    from kandinsky.models.clip import encode_image
-    from kandinsky.training.losses import clip_pixels
+    from kandinsky.training.losses import clip_image_embeds
 
     parts = load(ctx.model, components=["prior", "clip_vision"])
     images, _ = _load_images(ctx.train_folder)
     embeds = []
-    clip = parts.config.clip
     with torch.no_grad():
         for chunk in torch.from_numpy(images).split(256):
-            x = _unit_range(chunk)
-            pixels = clip_pixels(x, clip.vision.image_size, clip.image_mean, clip.image_std)
-            embeds.append(encode_image(parts.clip_vision, pixels))
+            embeds.append(clip_image_embeds(parts, _unit_range(chunk)))
     embeds = torch.cat(embeds)
     with torch.no_grad():
         parts.prior.clip_mean.copy_(embeds.mean(0, keepdim=True))

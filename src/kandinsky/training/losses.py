@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from kandinsky.diffusion.schedules import NUM_TRAIN_TIMESTEPS, Schedule
+from kandinsky.models.clip import encode_image
 from kandinsky.training.discriminator import adaptive_gan_weight
 
 LN2 = math.log(2.0)
@@ -317,3 +319,11 @@ def clip_pixels(
     mean_t = torch.tensor(mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
     std_t = torch.tensor(std, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
     return (images - mean_t) / std_t
+
+
+def clip_image_embeds(parts: Any, images: torch.Tensor) -> torch.Tensor:
+    """Raw CLIP image embeddings of images (B, 3, H, W) in [−1, 1] by `parts.clip_vision`,
+    differentiable w.r.t. the images (the caller decides on no_grad)."""
+    clip, vision = parts.config.clip, parts.clip_vision
+    pixels = clip_pixels(images, clip.vision.image_size, clip.image_mean, clip.image_std)
+    return encode_image(vision, pixels.to(next(vision.parameters()).device))

@@ -29,6 +29,7 @@ import dataclasses
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,13 +41,13 @@ from kandinsky.config import KANDINSKY_2_1, TINY, ModelConfig
 from kandinsky.diffusion.schedules import Schedule, decoder_schedule, prior_schedule
 from kandinsky.errors import InvalidInput, KandinskyError
 from kandinsky.loading import Components, build_network, load
-from kandinsky.models.clip import encode_image, zero_image_embedding
+from kandinsky.models.clip import zero_image_embedding
 from kandinsky.training import lora as lora_lib
 from kandinsky.training.data import EmbeddingCache
 from kandinsky.training.discriminator import PatchDiscriminator
 from kandinsky.training.frozen import FrozenOutputs
 from kandinsky.training.losses import (
-    clip_pixels,
+    clip_image_embeds,
     decoder_loss,
     diffuse,
     discriminator_hinge_loss,
@@ -407,7 +408,7 @@ class _Task:
         """Raw CLIP image embeddings; rows in `drop` get the zero-image embedding."""
 
         def compute(rows: list[int]) -> dict[str, torch.Tensor]:
-            return {"embeds": self._embed_pixels(images[rows])}
+            return {"embeds": clip_image_embeds(self.parts, images[rows])}
 
         vision = self.parts.clip_vision
         embeds = self.frozen.image(vision, "embeds", batch, compute, len(images))["embeds"].float()
@@ -417,12 +418,6 @@ class _Task:
                     self._zero_embeds = zero_image_embedding(vision).float()[0]
             embeds[drop.to(embeds.device)] = self._zero_embeds.to(embeds.device)
         return embeds
-
-    def _embed_pixels(self, images: torch.Tensor) -> torch.Tensor:
-        """Raw CLIP image embeddings of images in [−1, 1], differentiable w.r.t. the images."""
-        clip = self.parts.config.clip
-        pixels = clip_pixels(images, clip.vision.image_size, clip.image_mean, clip.image_std)
-        return encode_image(self.parts.clip_vision, pixels.to(self.device))
 
     def _text(
         self, network: str, encode: Callable[[Components, list[str]], Any], captions: list[str]
@@ -606,7 +601,7 @@ class DecoderTask(_Task):
                 self.schedule,
                 o.pixel_max_t,
                 o.pixel_samples,
-                embed=self._embed_pixels,
+                embed=partial(clip_image_embeds, self.parts),
                 embed_weight=o.clip_weight,
             )
             loss = loss + o.pixel_weight * pixels
