@@ -190,12 +190,16 @@ def _generation_flags(
         )
         sub.add_argument("--height", type=int, help=f"pixels, multiple of 8 (default: {hint})")
         sub.add_argument("--width", type=int, help=f"pixels, multiple of 8 (default: {hint})")
-    sub.add_argument("--steps", type=int, default=50, help="decoder steps")
-    sub.add_argument("--guidance", type=float, default=4.0, help="decoder guidance scale")
-    sub.add_argument("--sampler", default="ddim", help="p_sampler, ddim, plms, dpmpp_2m, euler_a")
-    sub.add_argument("--prior-steps", type=int, default=25)
-    sub.add_argument("--prior-guidance", type=float, default=4.0)
-    sub.add_argument("--prior-sampler", default="original", choices=["original", "unclip"])
+    # None: the model's own (generation_defaults.json beside its weights), else the original's
+    model = "default: the model's;"
+    sub.add_argument("--steps", type=int, help=f"decoder steps ({model} 50)")
+    sub.add_argument("--guidance", type=float, help=f"decoder guidance scale ({model} 4, demo 2.5)")
+    sub.add_argument("--sampler", help=f"p_sampler, ddim, plms, dpmpp_2m, euler_a ({model} ddim)")
+    sub.add_argument("--prior-steps", type=int, help=f"prior steps ({model} 25)")
+    sub.add_argument(
+        "--prior-guidance", type=float, help=f"prior guidance scale ({model} 4, demo 2)"
+    )
+    sub.add_argument("--prior-sampler", choices=["original", "unclip"], help=f"({model} original)")
     sub.add_argument(
         "--negative", default="", help="what the image should not show (decoder negative)"
     )

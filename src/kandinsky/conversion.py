@@ -33,6 +33,7 @@ from kandinsky.checkpoints.diffusers_text import (
 from kandinsky.checkpoints.io import write_json, write_safetensors
 from kandinsky.checkpoints.layouts import NETWORKS, TOKENIZERS
 from kandinsky.config import ModelConfig
+from kandinsky.defaults import GenerationDefaults, pipeline_settings, read_defaults, write_defaults
 from kandinsky.errors import InvalidInput, MissingWeights
 
 DIFFUSERS_VERSION = "0.42.1"
@@ -188,7 +189,9 @@ def convert(
     wanted = parse_components(components)
     sources = [source] if isinstance(source, str | os.PathLike) else list(source)
 
-    found, _ = find_components(sources, wanted, HubOptions(cache_dir, revision, local_files_only))
+    found, searched = find_components(
+        sources, wanted, HubOptions(cache_dir, revision, local_files_only)
+    )
     present = [c for c in wanted if c in found]
     if not any(c in present for c in NETWORKS):
         raise MissingWeights(f"no Kandinsky 2.1 network found in {', '.join(map(str, sources))}.")
@@ -211,6 +214,7 @@ def convert(
                 name, sources, found, model_config, dtype, folder
             ),
             progress,
+            defaults=read_defaults(searched),
         )
         _publish(staging, dst, overwrite)
     finally:
@@ -225,11 +229,14 @@ def write_pipelines(
     config: ModelConfig,
     write_component: Callable[[str, Path], None],
     progress: Callable[[str], None] | None = None,
+    defaults: GenerationDefaults | None = None,
 ) -> None:
     """The diffusers pipeline folders under `folder` whose main network is in `present`.
 
     `write_component(name, sub_folder)` writes each of our components there (networks and
-    tokenizers); schedulers and the image processor's config are written here.
+    tokenizers); schedulers and the image processor's config are written here, and each
+    pipeline's share of `defaults` (the model's sampling settings) where they differ from
+    the original's.
     """
     for pipeline, (class_name, parts) in PIPELINES.items():
         if _MAIN[pipeline] not in present:
@@ -248,6 +255,8 @@ def write_pipelines(
                     progress(f"{pipeline}/{sub}")
                 write_component(component, root / sub)
         write_json(index, root / "model_index.json")
+        if defaults is not None:
+            write_defaults(root, defaults, pipeline_settings(pipeline))
 
 
 def _default_config() -> ModelConfig:

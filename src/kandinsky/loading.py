@@ -40,6 +40,7 @@ from kandinsky.checkpoints.original import (
     unet_rules,
 )
 from kandinsky.config import KANDINSKY_2_1, ModelConfig
+from kandinsky.defaults import GenerationDefaults, read_defaults
 from kandinsky.errors import (
     CorruptWeights,
     InvalidInput,
@@ -91,6 +92,8 @@ class Components:
     clip_vision: nn.Module | None = None
     sources: dict[str, str] = field(default_factory=dict)
     layouts: dict[str, str] = field(default_factory=dict)
+    # the sampling settings the folders recommend (generation_defaults.json), else the original's
+    defaults: GenerationDefaults = field(default_factory=GenerationDefaults)
 
     def networks(self) -> dict[str, nn.Module]:
         return {name: getattr(self, name) for name in NETWORKS if getattr(self, name) is not None}
@@ -157,7 +160,7 @@ def load(
             f"Expected {describe_expected()}."
         )
     model_config = resolve_config(config or KANDINSKY_2_1, {c: found[c] for c in wanted})
-    result = Components(config=model_config)
+    result = Components(config=model_config, defaults=read_defaults(searched))
     for index, name in enumerate(wanted):
         if progress is not None:
             progress(name, index, len(wanted))

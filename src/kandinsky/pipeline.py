@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from kandinsky import validation as check
+from kandinsky.defaults import PRIOR_SAMPLERS, GenerationDefaults
 from kandinsky.diffusion.samplers import resolve_sampler
 from kandinsky.engine import ImageNoise, warn_fp32_fallback
 from kandinsky.errors import InvalidInput
@@ -33,7 +34,6 @@ from kandinsky.modes.common import (
 from kandinsky.results import GenerationResult
 
 ProgressCallback = Callable[[str, int, int], None]  # (stage "prior" | "decoder", step, total)
-PRIOR_SAMPLERS = ("original", "unclip")
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 DECODER_COMPONENTS = ("unet", "movq", "text_encoder", "tokenizer")
 PRIOR_COMPONENTS = ("prior", "clip_text", "clip_tokenizer", "clip_vision")
@@ -104,12 +104,12 @@ class Kandinsky21:
         generator: torch.Generator | Sequence[torch.Generator] | None = None,
         height: int | None = None,
         width: int | None = None,
-        guidance_scale: float = 4.0,
-        num_steps: int = 50,
-        sampler: str = "ddim",
-        prior_guidance_scale: float = 4.0,
-        prior_steps: int = 25,
-        prior_sampler: str = "original",
+        guidance_scale: float | None = None,
+        num_steps: int | None = None,
+        sampler: str | None = None,
+        prior_guidance_scale: float | None = None,
+        prior_steps: int | None = None,
+        prior_sampler: str | None = None,
         image_embeds: torch.Tensor | None = None,
         negative_image_embeds: torch.Tensor | None = None,
         latents: torch.Tensor | None = None,
@@ -147,12 +147,12 @@ class Kandinsky21:
         generator: torch.Generator | Sequence[torch.Generator] | None = None,
         height: int | None = None,
         width: int | None = None,
-        guidance_scale: float = 4.0,
-        num_steps: int = 50,
-        sampler: str = "ddim",
-        prior_guidance_scale: float = 4.0,
-        prior_steps: int = 25,
-        prior_sampler: str = "original",
+        guidance_scale: float | None = None,
+        num_steps: int | None = None,
+        sampler: str | None = None,
+        prior_guidance_scale: float | None = None,
+        prior_steps: int | None = None,
+        prior_sampler: str | None = None,
         latents: torch.Tensor | None = None,
         callback: ProgressCallback | None = None,
         progress: bool = False,
@@ -185,12 +185,12 @@ class Kandinsky21:
         generator: torch.Generator | Sequence[torch.Generator] | None = None,
         height: int | None = None,
         width: int | None = None,
-        guidance_scale: float = 4.0,
-        num_steps: int = 50,
-        sampler: str = "ddim",
-        prior_guidance_scale: float = 4.0,
-        prior_steps: int = 25,
-        prior_sampler: str = "original",
+        guidance_scale: float | None = None,
+        num_steps: int | None = None,
+        sampler: str | None = None,
+        prior_guidance_scale: float | None = None,
+        prior_steps: int | None = None,
+        prior_sampler: str | None = None,
         latents: torch.Tensor | None = None,
         callback: ProgressCallback | None = None,
         progress: bool = False,
@@ -217,12 +217,12 @@ class Kandinsky21:
         generator: torch.Generator | Sequence[torch.Generator] | None = None,
         height: int | None = None,
         width: int | None = None,
-        guidance_scale: float = 4.0,
-        num_steps: int = 50,
-        sampler: str = "ddim",
-        prior_guidance_scale: float = 4.0,
-        prior_steps: int = 25,
-        prior_sampler: str = "original",
+        guidance_scale: float | None = None,
+        num_steps: int | None = None,
+        sampler: str | None = None,
+        prior_guidance_scale: float | None = None,
+        prior_steps: int | None = None,
+        prior_sampler: str | None = None,
         image_embeds: torch.Tensor | None = None,
         negative_image_embeds: torch.Tensor | None = None,
         callback: ProgressCallback | None = None,
@@ -263,9 +263,9 @@ class Kandinsky21:
         strength: float = 0.5,
         seed: int | Sequence[int] | None = None,
         num_images: int = 1,
-        prior_steps: int = 25,
-        prior_guidance_scale: float = 4.0,
-        prior_sampler: str = "original",
+        prior_steps: int | None = None,
+        prior_guidance_scale: float | None = None,
+        prior_sampler: str | None = None,
         **options: Any,
     ) -> GenerationResult:
         """Text-guided editing: the image's CLIP embedding mixed with the prior's embedding of
@@ -318,12 +318,12 @@ class Kandinsky21:
         generator: torch.Generator | Sequence[torch.Generator] | None = None,
         height: int | None = None,
         width: int | None = None,
-        guidance_scale: float = 4.0,
-        num_steps: int = 50,
-        sampler: str = "ddim",
-        prior_guidance_scale: float = 4.0,
-        prior_steps: int = 25,
-        prior_sampler: str = "original",
+        guidance_scale: float | None = None,
+        num_steps: int | None = None,
+        sampler: str | None = None,
+        prior_guidance_scale: float | None = None,
+        prior_steps: int | None = None,
+        prior_sampler: str | None = None,
         image_embeds: torch.Tensor | None = None,
         negative_image_embeds: torch.Tensor | None = None,
         latents: torch.Tensor | None = None,
@@ -367,12 +367,12 @@ class Kandinsky21:
         num_images: int = 1,
         seed: int | Sequence[int] | None = None,
         generator: torch.Generator | Sequence[torch.Generator] | None = None,
-        guidance_scale: float = 4.0,
-        num_steps: int = 50,
-        sampler: str = "ddim",
-        prior_guidance_scale: float = 4.0,
-        prior_steps: int = 25,
-        prior_sampler: str = "original",
+        guidance_scale: float | None = None,
+        num_steps: int | None = None,
+        sampler: str | None = None,
+        prior_guidance_scale: float | None = None,
+        prior_steps: int | None = None,
+        prior_sampler: str | None = None,
         callback: ProgressCallback | None = None,
         progress: bool = False,
         output_type: str = "pil",
@@ -409,9 +409,9 @@ class Kandinsky21:
         num_images: int = 1,
         seed: int | Sequence[int] | None = None,
         generator: torch.Generator | Sequence[torch.Generator] | None = None,
-        prior_guidance_scale: float = 4.0,
-        prior_steps: int = 25,
-        prior_sampler: str = "original",
+        prior_guidance_scale: float | None = None,
+        prior_steps: int | None = None,
+        prior_sampler: str | None = None,
         prior_latents: torch.Tensor | None = None,
         callback: ProgressCallback | None = None,
         progress: bool = False,
@@ -459,6 +459,21 @@ class Kandinsky21:
         side = config.unet.sample_size * config.movq.downscale
         return side, side
 
+    @property
+    def defaults(self) -> GenerationDefaults:
+        """The sampling settings a mode uses where its argument is None: the model folder's
+        `generation_defaults.json` over the original's (`kandinsky.defaults`)."""
+        return self.parts.defaults
+
+    def _setting_from(self, args: dict[str, Any]) -> Callable[[str], Any]:
+        """name → the call's value, or the model's default where the call left it None."""
+
+        def setting(name: str) -> Any:
+            value = args.get(name)
+            return getattr(self.defaults, name) if value is None else value
+
+        return setting
+
     def _size(self, height: int | None, width: int | None) -> tuple[int, int]:
         """Missing sides from `native_size`."""
         native_h, native_w = self.native_size
@@ -475,22 +490,19 @@ class Kandinsky21:
         height, width = args.get("height", 512), args.get("width", 512)
         if "height" in args:
             check_generation_size(height, width)
+        setting = self._setting_from(args)
         prior = PriorOptions(
             guidance_scale=check.scale(
-                args.get("prior_guidance_scale", 4.0), "prior_guidance_scale", 0.0, 100.0
+                setting("prior_guidance_scale"), "prior_guidance_scale", 0.0, 100.0
             ),
-            num_steps=check.steps(args.get("prior_steps", 25), "prior_steps"),
-            sampler=check.choice(
-                args.get("prior_sampler", "original"), "prior_sampler", PRIOR_SAMPLERS
-            ),
+            num_steps=check.steps(setting("prior_steps"), "prior_steps"),
+            sampler=check.choice(setting("prior_sampler"), "prior_sampler", PRIOR_SAMPLERS),
             negative_prompt=_text(args.get("negative_prior_prompt", ""), "negative_prior_prompt"),
         )
         decoder = DecoderOptions(
-            guidance_scale=check.scale(
-                args.get("guidance_scale", 4.0), "guidance_scale", 0.0, 100.0
-            ),
-            num_steps=check.steps(args.get("num_steps", 50)),
-            sampler=resolve_sampler(args.get("sampler", "ddim")),
+            guidance_scale=check.scale(setting("guidance_scale"), "guidance_scale", 0.0, 100.0),
+            num_steps=check.steps(setting("num_steps")),
+            sampler=resolve_sampler(setting("sampler")),
             height=height,
             width=width,
         )

@@ -119,6 +119,9 @@ def test_quick_plan_end_to_end(tmp_path):
     for source in (model, weights):
         pipe = Kandinsky21.from_pretrained(source, inpainting=True)
         assert pipe.parts.config.unet == DEMO.unet
+        # the plan's sampling settings travel with the model (generation_defaults.json)
+        assert pipe.defaults == DemoPlan.quick().generation
+        assert (pipe.defaults.guidance_scale, pipe.defaults.num_steps) == (2.5, 4)
         fast = {"seed": 0, "num_steps": 2, "prior_steps": 2}
         image = pipe.text2img("красный круг слева", height=64, width=64, **fast).image
         assert image.size == (64, 64)

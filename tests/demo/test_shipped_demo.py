@@ -22,26 +22,31 @@ from kandinsky.pipeline import Kandinsky21
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# The quick gate table (16 prompts per group, seed 0) of the weights as shipped (run 14), one
-# prompt's worth (1/16) below, for float drift between machines. A regression here means the
-# weights or the generation code changed what the model draws. Quality gates the model does
-# not pass yet are docs/demo/report.md's "NO" rows; these floors are not the gates.
+# The quick gate table (16 prompts per group, seed 0) of the weights as shipped (run 14, at the
+# sampling settings its generation_defaults.json names: prior guidance 2, decoder guidance
+# 2.5, 25 steps), one prompt's worth (1/16) below, for float drift between machines. A
+# regression here means the weights, their settings or the generation code changed what the
+# model draws. At 16 prompts every gate passes; at 64 (docs/demo/report.md) mixing is one
+# prompt short. These floors are not the gates.
 SHIPPED_FLOORS = {
-    "text2img EN 1-object adherence": 0.8125 - 1 / 16,
-    "text2img EN 2-object adherence": 0.5625 - 1 / 16,
+    "text2img EN 1-object adherence": 0.9375 - 1 / 16,
+    "text2img EN 2-object adherence": 0.75 - 1 / 16,
     "inpaint masked region adherence": 0.875 - 1 / 16,
-    "outpaint new region adherence": 0.75 - 1 / 16,
-    "variations keep kind/colour/background": 0.938 - 1 / 16,
+    "outpaint new region adherence": 0.8125 - 1 / 16,
+    "variations keep kind/colour/background": 0.958 - 1 / 16,
     "mix: both objects or a blend": 0.875 - 1 / 16,
 }
-# gates the shipped model passes, which must keep passing at 16 prompts (the EN-RU gap for
-# one object passes at 64 prompts, 0.016, but is one prompt, 0.0625, at 16: too coarse here)
+# gates the shipped model passes with a prompt to spare at 16 prompts, which must keep passing
+# (EN one and two objects and outpainting pass at 16 with none to spare, so one flipped image
+# would fail them: their floors above guard them; the EN-RU gap for one object is one prompt,
+# 0.0625, at 16: too coarse here)
 PASSING = (
     "text2img EN-RU gap, 2-object",
     "inpaint unmasked change (max, /255)",
     "inpaint masked region adherence",
     "outpaint seam excess (mean abs step, /255)",
     "variations keep kind/colour/background",
+    "mix: both objects or a blend",
 )
 
 
@@ -100,7 +105,7 @@ def test_readme_main_command_draws_a_red_circle_left_of_a_blue_square(tmp_path):
     (seen,) = Judge.load(PACKAGE_JUDGE).predict([image])
     # "слева от" allows (left, center), (left, right) and (center, right), as the data does.
     # The kinds are the model's open gap (docs/demo/README.md): the README's seed is one of
-    # the 54 of 64 at which the judge sees both right (run 14).
+    # the 53 of 64 at which the judge sees both right (run 14 at its own sampling settings).
     drawn = {(s.kind, s.color): s.position for s in seen.shapes}
     row = ("left", "center", "right")
     assert set(drawn) == {("circle", "red"), ("square", "blue")}, seen

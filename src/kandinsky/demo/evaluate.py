@@ -48,21 +48,26 @@ def evaluate(
     seed: int = 0,
     *,
     size: int = 64,
-    steps: int = 25,
-    prior_steps: int = 25,
-    guidance_scale: float = 4.0,
-    prior_guidance_scale: float = 4.0,
+    steps: int | None = None,
+    prior_steps: int | None = None,
+    guidance_scale: float | None = None,
+    prior_guidance_scale: float | None = None,
     untrained: Any | bool = True,
     n_real: int = 500,
 ) -> list[Row]:
-    """Run every gate with `n_prompts` per group; `untrained` a pipeline, True (build one), or False."""
-    opts = {
-        "seed": seed,
+    """Run every gate with `n_prompts` per group; `untrained` a pipeline, True (build one), or False.
+
+    Sampling settings left None are the model's own (`pipe.defaults`): the gates measure
+    what a user gets without options."""
+    given = {
         "num_steps": steps,
         "prior_steps": prior_steps,
         "guidance_scale": guidance_scale,
         "prior_guidance_scale": prior_guidance_scale,
     }
+    # resolved here, so the untrained model (built without a defaults file) samples alike
+    opts = {k: getattr(pipe.defaults, k) if v is None else v for k, v in given.items()}
+    opts["seed"] = seed
     rows: list[Row] = []
     generated: list[Image.Image] = []
     rates: dict[tuple[str, int], float] = {}

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from kandinsky.defaults import GenerationDefaults
 from kandinsky.demo.config import DEMO, DemoPlan, StagePlan
 
 STAGES = ("data", "judge", "encoders", "movq", "prior", "decoder", "inpaint", "export", "report")
@@ -290,7 +291,7 @@ def write_untrained_model(
     for index, name in enumerate(UNTRAINED):
         torch.manual_seed(ctx.plan.seed + index)
         networks[name] = build_network(name, DEMO)
-    write_model(ctx.model, DEMO, networks, clip_tokenizer, tokenizer)
+    write_model(ctx.model, DEMO, networks, clip_tokenizer, tokenizer, defaults=ctx.plan.generation)
     shutil.copytree(ctx.model, ctx.out / "untrained", dirs_exist_ok=True)
 
 
@@ -472,7 +473,7 @@ def _stage_inpaint(ctx: _Context) -> dict:
 
 
 def _stage_export(ctx: _Context) -> dict:
-    size = export_fp16(ctx.model, ctx.weights)
+    size = export_fp16(ctx.model, ctx.weights, ctx.plan.generation)
     diff = fp16_difference(ctx.model, ctx.weights, ctx.plan)
     if size > MAX_WEIGHTS_BYTES:
         raise RuntimeError(f"demo weights are {size / 2**20:.1f} MiB, over the 30 MiB budget")
@@ -491,9 +492,7 @@ def _stage_report(ctx: _Context) -> dict:
         pipe,
         judge,
         n_prompts=ctx.plan.eval_prompts,
-        seed=ctx.plan.seed,
-        steps=ctx.plan.sample_steps,
-        prior_steps=ctx.plan.prior_steps,
+        seed=ctx.plan.seed,  # sampling: the exported model's defaults, the plan's settings
     )
     write_report(ctx.out, ctx.docs, pipe, table, ctx.plan)
     return {"table": table}
@@ -509,29 +508,26 @@ def write_model(
     clip_tokenizer,
     tokenizer,
     dtype: torch.dtype = torch.float32,
+    defaults: GenerationDefaults | None = None,
 ) -> Path:
-    """A complete diffusers-layout model (three pipelines, both tokenizers), as `convert` writes."""
-    from kandinsky.checkpoints.io import write_json
-    from kandinsky.conversion import DIFFUSERS_VERSION, PIPELINES, _write_static, save_network
+    """A complete diffusers-layout model (three pipelines, both tokenizers), as `convert`
+    writes it, with `defaults` (the plan's sampling settings) in its pipeline folders."""
+    from kandinsky.conversion import save_network, write_pipelines
 
     tokenizers = {"clip_tokenizer": clip_tokenizer, "tokenizer": tokenizer}
+
+    def write_component(component: str, sub: Path) -> None:
+        if component in tokenizers:
+            tokenizers[component].save_pretrained(str(sub))
+            return
+        module = networks[component]
+        save_network(
+            component, module if dtype == torch.float32 else _cast(module, dtype), config, sub
+        )
+
     tmp = folder.with_name(folder.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    for pipeline, (class_name, subs) in PIPELINES.items():
-        root = tmp / pipeline
-        index: dict[str, Any] = {"_class_name": class_name, "_diffusers_version": DIFFUSERS_VERSION}
-        for sub, (library, cls, component) in subs.items():
-            index[sub] = [library, cls]
-            if component is None:
-                _write_static(sub, config, root / sub)
-            elif component in tokenizers:
-                tokenizers[component].save_pretrained(str(root / sub))
-            else:
-                module = networks[component]
-                if dtype != torch.float32:
-                    module = _cast(module, dtype)
-                save_network(component, module, config, root / sub)
-        write_json(index, root / "model_index.json")
+    write_pipelines(tmp, [*networks, *tokenizers], config, write_component, defaults=defaults)
     if folder.exists():
         shutil.rmtree(folder)
     tmp.rename(folder)
@@ -544,14 +540,23 @@ def _cast(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
     return copy.deepcopy(module).to(dtype)
 
 
-def export_fp16(model: Path, weights: Path) -> int:
-    """Write `model` (fp32) as fp16 safetensors into `weights`; returns the total bytes."""
+def export_fp16(model: Path, weights: Path, defaults: GenerationDefaults | None = None) -> int:
+    """Write `model` (fp32) as fp16 safetensors into `weights`, with `defaults` (else the
+    model's own) as its sampling settings; returns the total bytes."""
     from kandinsky.loading import load
 
     parts = load(model)
     networks = parts.networks()
     tmp = Path(str(weights) + ".partial")
-    write_model(tmp, parts.config, networks, parts.clip_tokenizer, parts.tokenizer, torch.float16)
+    write_model(
+        tmp,
+        parts.config,
+        networks,
+        parts.clip_tokenizer,
+        parts.tokenizer,
+        torch.float16,
+        defaults=defaults or parts.defaults,
+    )
     if weights.exists():
         shutil.rmtree(weights)
     weights.parent.mkdir(parents=True, exist_ok=True)

@@ -712,6 +712,7 @@ def _models_info(pipe: Any, model_id: str, settings: ServerSettings) -> dict[str
                 "device": device,
                 "dtype": dtype,
                 "inpainting": parts.inpaint_unet is not None,
+                "defaults": pipe.defaults.to_dict(),
             }
         ],
         "samplers": list(SAMPLERS),

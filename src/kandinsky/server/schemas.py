@@ -24,20 +24,32 @@ class _Base(BaseModel):
 # lists its mixins from the most generic (left) to the most specific (right).
 
 
+_MODEL_DEFAULT = " Default (null): the model's, listed by /v1/models."
+
+
 class _Common(_Base):
     num_images: int = Field(1, description="Images per prompt.")
     seed: int | list[int] | None = Field(
         None,
         description="One int (image i gets seed + i), one seed per image, or null for random seeds.",
     )
-    guidance_scale: float = Field(4.0, description="Decoder classifier-free guidance scale.")
-    num_steps: int = Field(50, description="Decoder denoising steps.")
-    sampler: str = Field(
-        "ddim", description="Decoder sampler: ddim, plms, p_sampler, dpmpp_2m, euler_a."
+    # null: the model's default (its generation_defaults.json, else the original's), which
+    # /v1/models lists and every image's parameters record
+    guidance_scale: float | None = Field(
+        None, description="Decoder classifier-free guidance scale." + _MODEL_DEFAULT
     )
-    prior_guidance_scale: float = Field(4.0, description="Prior classifier-free guidance scale.")
-    prior_steps: int = Field(25, description="Prior denoising steps.")
-    prior_sampler: str = Field("original", description="Prior sampler: original or unclip.")
+    num_steps: int | None = Field(None, description="Decoder denoising steps." + _MODEL_DEFAULT)
+    sampler: str | None = Field(
+        None,
+        description="Decoder sampler: ddim, plms, p_sampler, dpmpp_2m, euler_a." + _MODEL_DEFAULT,
+    )
+    prior_guidance_scale: float | None = Field(
+        None, description="Prior classifier-free guidance scale." + _MODEL_DEFAULT
+    )
+    prior_steps: int | None = Field(None, description="Prior denoising steps." + _MODEL_DEFAULT)
+    prior_sampler: str | None = Field(
+        None, description="Prior sampler: original or unclip." + _MODEL_DEFAULT
+    )
 
 
 _SERVER_LIMIT = " The server may allow less: see max_output_pixels in /v1/models limits."
@@ -219,6 +231,9 @@ class ModelInfo(BaseModel):
     device: str
     dtype: str
     inpainting: bool
+    defaults: dict[str, Any] = Field(
+        description="The sampling settings a request that leaves them null gets."
+    )
 
 
 class ModelsResponse(BaseModel):

@@ -14,7 +14,7 @@ import json
 import logging
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import gradio as gr
@@ -22,6 +22,7 @@ import numpy as np
 from gradio.components import Component
 from PIL import Image
 
+from kandinsky.defaults import GenerationDefaults
 from kandinsky.diffusion.samplers import SAMPLERS as SAMPLER_FUNCTIONS
 from kandinsky.errors import InvalidInput, KandinskyError
 from kandinsky.pipeline import PRIOR_SAMPLERS, canvas_extension
@@ -258,6 +259,7 @@ class PageSettings:
     max_steps: int = 150
     max_images: int = 4
     native_size: tuple[int, int] = (512, 512)
+    defaults: GenerationDefaults = field(default_factory=GenerationDefaults)  # the sliders' start
 
 
 @dataclass
@@ -373,6 +375,7 @@ def _options(
     negative_prior: bool = True,
 ) -> Options:
     max_steps, max_images, native = page.max_steps, page.max_images, page.native_size
+    start = page.defaults
     preset = width = height = None
     if size != "none":
         preset, width, height = _size_controls(prefix, from_image=size == "image", native=native)
@@ -393,24 +396,29 @@ def _options(
             )
         with gr.Row():
             guidance_scale = gr.Slider(
-                0, 20, value=4.0, step=0.5, label="Guidance scale", elem_id=f"{prefix}-guidance"
+                0,
+                20,
+                value=start.guidance_scale,
+                step=0.5,
+                label="Guidance scale",
+                elem_id=f"{prefix}-guidance",
             )
             num_steps = gr.Slider(
                 1,
                 max_steps,
-                value=min(50, max_steps),
+                value=min(start.num_steps, max_steps),
                 step=1,
                 label="Steps",
                 elem_id=f"{prefix}-steps",
             )
             sampler = gr.Dropdown(
-                list(SAMPLERS), value="ddim", label="Sampler", elem_id=f"{prefix}-sampler"
+                list(SAMPLERS), value=start.sampler, label="Sampler", elem_id=f"{prefix}-sampler"
             )
         with gr.Row():
             prior_guidance_scale = gr.Slider(
                 0,
                 20,
-                value=4.0,
+                value=start.prior_guidance_scale,
                 step=0.5,
                 label="Prior guidance scale",
                 elem_id=f"{prefix}-prior-guidance",
@@ -418,14 +426,14 @@ def _options(
             prior_steps = gr.Slider(
                 1,
                 max_steps,
-                value=min(25, max_steps),
+                value=min(start.prior_steps, max_steps),
                 step=1,
                 label="Prior steps",
                 elem_id=f"{prefix}-prior-steps",
             )
             prior_sampler = gr.Dropdown(
                 list(PRIOR_SAMPLERS),
-                value="original",
+                value=start.prior_sampler,
                 label="Prior sampler",
                 elem_id=f"{prefix}-prior-sampler",
             )
@@ -874,11 +882,13 @@ def build_ui(worker: Runner, settings: Any = None) -> gr.Blocks:
         or getattr(getattr(worker, "pipe", None), "model_id", "")
         or ""
     )
-    height, width = getattr(getattr(worker, "pipe", None), "native_size", (512, 512))
+    pipe = getattr(worker, "pipe", None)
+    height, width = getattr(pipe, "native_size", (512, 512))
     page = PageSettings(
         max_steps=int(getattr(settings, "max_steps", 150)),
         max_images=int(getattr(settings, "max_images", 4)),
         native_size=(width, height),
+        defaults=getattr(pipe, "defaults", None) or GenerationDefaults(),
     )
     worker = SizeLimited(worker, getattr(settings, "max_output_pixels", None))
     with gr.Blocks(title="Kandinsky 2.1", analytics_enabled=False) as demo:
