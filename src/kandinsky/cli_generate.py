@@ -190,16 +190,19 @@ def _generation_flags(
         )
         sub.add_argument("--height", type=int, help=f"pixels, multiple of 8 (default: {hint})")
         sub.add_argument("--width", type=int, help=f"pixels, multiple of 8 (default: {hint})")
+
     # None: the model's own (generation_defaults.json beside its weights), else the original's
-    model = "default: the model's;"
-    sub.add_argument("--steps", type=int, help=f"decoder steps ({model} 50)")
-    sub.add_argument("--guidance", type=float, help=f"decoder guidance scale ({model} 4, demo 2.5)")
-    sub.add_argument("--sampler", help=f"p_sampler, ddim, plms, dpmpp_2m, euler_a ({model} ddim)")
-    sub.add_argument("--prior-steps", type=int, help=f"prior steps ({model} 25)")
-    sub.add_argument(
-        "--prior-guidance", type=float, help=f"prior guidance scale ({model} 4, demo 2)"
-    )
-    sub.add_argument("--prior-sampler", choices=["original", "unclip"], help=f"({model} original)")
+    def own(released: str, demo: str | None = None) -> str:
+        return f"default: the model's own; Kandinsky 2.1: {released}" + (
+            f", demo: {demo}" if demo else ""
+        )
+
+    sub.add_argument("--steps", type=int, help=f"decoder steps ({own('50', '25')})")
+    sub.add_argument("--guidance", type=float, help=f"decoder guidance scale ({own('4', '2.5')})")
+    sub.add_argument("--sampler", help=f"p_sampler, ddim, plms, dpmpp_2m, euler_a ({own('ddim')})")
+    sub.add_argument("--prior-steps", type=int, help=f"prior steps ({own('25')})")
+    sub.add_argument("--prior-guidance", type=float, help=f"prior guidance scale ({own('4', '2')})")
+    sub.add_argument("--prior-sampler", choices=["original", "unclip"], help=f"({own('original')})")
     sub.add_argument(
         "--negative", default="", help="what the image should not show (decoder negative)"
     )
