@@ -198,6 +198,13 @@ def _info(args: argparse.Namespace) -> int:
             print(
                 f"  {name:13s} {type(getattr(loaded, name)).__name__:>16s}  {loaded.sources[name]}"
             )
+    d = loaded.defaults
+    whose = "generation_defaults.json" if d.changed() else "the original's"
+    print(
+        f"sampling defaults ({whose}): guidance {d.guidance_scale:g}, {d.num_steps} steps "
+        f"{d.sampler}; prior guidance {d.prior_guidance_scale:g}, {d.prior_steps} steps "
+        f"{d.prior_sampler}"
+    )
     return 0
 
 

@@ -215,3 +215,21 @@ def test_the_page_starts_its_sliders_at_the_models_settings(pipe) -> None:
         2,
         "dpmpp_2m",
     )
+
+
+def test_info_names_the_models_sampling_settings(model: Path, tiny_diffusers: Path) -> None:
+    def info(folder: Path) -> str:
+        result = subprocess.run(
+            [sys.executable, "-m", "kandinsky.cli", "info", "--model", str(folder)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    assert (
+        "sampling defaults (generation_defaults.json): guidance 2.5, 3 steps dpmpp_2m; "
+        "prior guidance 2, 2 steps original" in info(model)
+    )
+    assert "sampling defaults (the original's): guidance 4, 50 steps ddim" in info(tiny_diffusers)
