@@ -195,6 +195,13 @@ def test_the_server_lists_and_applies_the_models_settings(pipe) -> None:
         answer = client.post("/v1/text2img", json={"prompt": "a", "seed": 0}).json()
         assert recorded(answer["params"][0]) == recorded(CHOSEN.to_dict())
     app.state.worker.close(wait=True)
+    # the server's step limit applies to the model's own step count too
+    strict = create_app(pipe, ServerSettings(ui=False, api_key=None, max_steps=2))
+    with TestClient(strict) as client:
+        refused = client.post("/v1/text2img", json={"prompt": "a", "seed": 0})
+        assert refused.status_code == 400
+        assert "num_steps is 3; this server allows at most 2 steps" in refused.json()["detail"]
+    strict.state.worker.close(wait=True)
 
 
 def test_the_page_starts_its_sliders_at_the_models_settings(pipe) -> None:

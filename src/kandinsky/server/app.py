@@ -360,8 +360,11 @@ class _Service:
 
     def _check_limits(self, kwargs: dict[str, Any]) -> None:
         s = self.settings
+        defaults = getattr(getattr(self.worker, "pipe", None), "defaults", None)
         for key in ("num_steps", "prior_steps"):
             value = kwargs.get(key)
+            if value is None and defaults is not None:  # left out: the model's own count
+                value = getattr(defaults, key)
             if isinstance(value, int) and value > s.max_steps:
                 raise ApiError(
                     400,
