@@ -11,8 +11,7 @@ from typing import Any
 import torch
 
 from kandinsky import validation as check
-from kandinsky.defaults import PRIOR_SAMPLERS, GenerationDefaults
-from kandinsky.diffusion.samplers import resolve_sampler
+from kandinsky.defaults import SETTINGS, GenerationDefaults, checked
 from kandinsky.engine import ImageNoise, warn_fp32_fallback
 from kandinsky.errors import InvalidInput
 from kandinsky.imaging import MaskInput, check_generation_size, mask_to_keep, to_rgb_pil
@@ -465,15 +464,6 @@ class Kandinsky21:
         `generation_defaults.json` over the original's (`kandinsky.defaults`)."""
         return self.parts.defaults
 
-    def _setting_from(self, args: dict[str, Any]) -> Callable[[str], Any]:
-        """name → the call's value, or the model's default where the call left it None."""
-
-        def setting(name: str) -> Any:
-            value = args.get(name)
-            return getattr(self.defaults, name) if value is None else value
-
-        return setting
-
     def _size(self, height: int | None, width: int | None) -> tuple[int, int]:
         """Missing sides from `native_size`."""
         native_h, native_w = self.native_size
@@ -490,19 +480,23 @@ class Kandinsky21:
         height, width = args.get("height", 512), args.get("width", 512)
         if "height" in args:
             check_generation_size(height, width)
-        setting = self._setting_from(args)
+        # each sampling setting the call left None is the model's own; all checked alike
+        setting = checked(
+            {
+                name: getattr(self.defaults, name) if args.get(name) is None else args[name]
+                for name in SETTINGS
+            }
+        )
         prior = PriorOptions(
-            guidance_scale=check.scale(
-                setting("prior_guidance_scale"), "prior_guidance_scale", 0.0, 100.0
-            ),
-            num_steps=check.steps(setting("prior_steps"), "prior_steps"),
-            sampler=check.choice(setting("prior_sampler"), "prior_sampler", PRIOR_SAMPLERS),
+            guidance_scale=setting["prior_guidance_scale"],
+            num_steps=setting["prior_steps"],
+            sampler=setting["prior_sampler"],
             negative_prompt=_text(args.get("negative_prior_prompt", ""), "negative_prior_prompt"),
         )
         decoder = DecoderOptions(
-            guidance_scale=check.scale(setting("guidance_scale"), "guidance_scale", 0.0, 100.0),
-            num_steps=check.steps(setting("num_steps")),
-            sampler=resolve_sampler(setting("sampler")),
+            guidance_scale=setting["guidance_scale"],
+            num_steps=setting["num_steps"],
+            sampler=setting["sampler"],
             height=height,
             width=width,
         )

@@ -59,15 +59,13 @@ def evaluate(
 
     Sampling settings left None are the model's own (`pipe.defaults`): the gates measure
     what a user gets without options."""
-    given = {
+    opts = {
+        "seed": seed,
         "num_steps": steps,
         "prior_steps": prior_steps,
         "guidance_scale": guidance_scale,
         "prior_guidance_scale": prior_guidance_scale,
     }
-    # resolved here, so the untrained model (built without a defaults file) samples alike
-    opts = {k: getattr(pipe.defaults, k) if v is None else v for k, v in given.items()}
-    opts["seed"] = seed
     rows: list[Row] = []
     generated: list[Image.Image] = []
     rates: dict[tuple[str, int], float] = {}
@@ -240,13 +238,16 @@ def _mix_rows(pipe, judge, n, seed, size, opts) -> list[Row]:
 
 
 def untrained_pipeline(pipe: Any, seed: int = 0) -> Any:
-    """`pipe`'s architecture and tokenizers with freshly initialised networks."""
+    """`pipe`'s architecture, tokenizers and sampling settings with freshly initialised networks."""
     from kandinsky.loading import Components, build_network
     from kandinsky.pipeline import Kandinsky21
 
     parts = pipe.parts
     fresh = Components(
-        config=parts.config, tokenizer=parts.tokenizer, clip_tokenizer=parts.clip_tokenizer
+        config=parts.config,
+        tokenizer=parts.tokenizer,
+        clip_tokenizer=parts.clip_tokenizer,
+        defaults=parts.defaults,
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

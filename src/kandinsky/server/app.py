@@ -682,8 +682,8 @@ def _multipart_schema(schema: type[BaseModel]) -> dict[str, Any]:
 
 
 def _models_info(pipe: Any, model_id: str, settings: ServerSettings) -> dict[str, Any]:
+    from kandinsky.defaults import PRIOR_SAMPLERS
     from kandinsky.diffusion.samplers import SAMPLERS
-    from kandinsky.pipeline import PRIOR_SAMPLERS
 
     parts = pipe.parts
     names = (

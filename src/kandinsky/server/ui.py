@@ -22,10 +22,10 @@ import numpy as np
 from gradio.components import Component
 from PIL import Image
 
-from kandinsky.defaults import GenerationDefaults
+from kandinsky.defaults import PRIOR_SAMPLERS, GenerationDefaults
 from kandinsky.diffusion.samplers import SAMPLERS as SAMPLER_FUNCTIONS
 from kandinsky.errors import InvalidInput, KandinskyError
-from kandinsky.pipeline import PRIOR_SAMPLERS, canvas_extension
+from kandinsky.pipeline import canvas_extension
 from kandinsky.results import JSON_KEY, PARAMETERS_KEY, GenerationResult, summary
 from kandinsky.server.worker import QueueFull
 
